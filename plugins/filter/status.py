@@ -1,0 +1,37 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) linkcert contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Filters that turn the DNS modules' results into per-domain SSL status."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.mailops.linkcert.plugins.module_utils import _status
+
+
+def ssl_status(domains, verify_results=None, caa_results=None):
+    if not isinstance(domains, list):
+        raise AnsibleFilterError("ssl_status expects a list of domains, got %s" % type(domains).__name__)
+    return _status.statuses(domains, verify_results, caa_results)
+
+
+def status_table(entries):
+    if not isinstance(entries, list):
+        raise AnsibleFilterError("status_table expects a list of status entries, got %s" % type(entries).__name__)
+    return _status.table(entries)
+
+
+def verify_input(domains, edge_cname=None):
+    if not isinstance(domains, list) or not all(isinstance(d, dict) and d.get("name") for d in domains):
+        raise AnsibleFilterError("verify_input expects a list of dicts with a name, like linkcert_domains")
+    return _status.verify_input(domains, edge_cname)
+
+
+class FilterModule:
+    """linkcert status filters."""
+
+    def filters(self):
+        return {"ssl_status": ssl_status, "status_table": status_table, "verify_input": verify_input}

@@ -1,0 +1,119 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) linkcert contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+# NOTE: private to the mailops.linkcert collection; not a public API.
+
+"""Run the read-only DNS checks for many domains at once.
+
+A bounded thread pool resolves domains concurrently; the resolver's cache is
+shared, so parents common to many domains are asked once.  One domain's DNS
+failure is that domain's result, never the module's failure.
+"""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible_collections.mailops.linkcert.plugins.module_utils import _caa, _names, _resolver, _verify
+from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError
+from ansible_collections.mailops.linkcert.plugins.module_utils._resolver import (
+    LookupFailed,
+    RecursiveView,
+    authoritative_views,
+    make_resolver,
+)
+
+try:
+    from publicsuffixlist import PublicSuffixList
+    HAS_PSL = True
+    PSL_IMPORT_ERROR: t.Optional[BaseException] = None
+except ImportError as exc:  # pragma: no cover - reported by the module
+    HAS_PSL = False
+    PSL_IMPORT_ERROR = exc
+
+T = t.TypeVar("T")
+R = t.TypeVar("R")
+
+_PSL_LOCK = threading.Lock()
+_PSL: t.List[t.Any] = []
+
+
+def map_bounded(function: t.Callable[[T], R], items: t.Sequence[T], workers: int) -> t.List[R]:
+    """``[function(item) for item in items]`` on at most ``workers`` threads, in order."""
+    if len(items) <= 1 or workers <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="linkcert-dns") as pool:
+        return list(pool.map(function, items))
+
+
+def organizational_domain(name: str) -> str:
+    """The organizational domain of ``name`` from the Public Suffix List shipped with publicsuffixlist."""
+    with _PSL_LOCK:
+        if not _PSL:
+            _PSL.append(PublicSuffixList())
+    return _PSL[0].privatesuffix(name) or name
+
+
+def run_caa(domains: t.Sequence[str], policy: _caa.Policy, resolver: RecursiveView, workers: int) -> t.List[t.Dict[str, t.Any]]:
+    return map_bounded(lambda domain: _caa.check_domain(domain, resolver.lookup, policy), domains, workers)
+
+
+class AuthOptions(t.NamedTuple):
+    enabled: bool
+    servers: t.Optional[t.List[t.Tuple[str, int]]]
+    port: int
+    timeout: float
+
+
+def verify_one(spec: _verify.DomainSpec, resolver: RecursiveView, auth: AuthOptions) -> t.Dict[str, t.Any]:
+    checks = _verify.checks_for(spec, organizational_domain)
+    if not auth.enabled:
+        return _verify.summarize(spec, [check(resolver) for check in checks])
+    try:
+        views = authoritative_views(resolver, spec.name, port=auth.port, timeout=auth.timeout, servers=auth.servers)
+    except LookupFailed as exc:
+        failed = [_verify.ERROR] * len(checks)
+        records = [dict(check(resolver), status=status, remediation=None,
+                        message="%s; the authoritative servers could not be asked." % exc) for check, status in zip(checks, failed)]
+        return _verify.summarize(spec, records, servers=[])
+    records = [_verify.merge_views([(view.label, check(view)) for view in views]) for check in checks]
+    return _verify.summarize(spec, records, servers=[view.label for view in views])
+
+
+def run_verify(specs: t.Sequence[_verify.DomainSpec], resolver: RecursiveView, auth: AuthOptions, workers: int) -> t.List[t.Dict[str, t.Any]]:
+    return map_bounded(lambda spec: verify_one(spec, resolver, auth), specs, workers)
+
+
+# ------------------------------------------------------ module plumbing
+
+def dns_argument_spec() -> t.Dict[str, t.Any]:
+    """Options shared by the DNS modules (documented in the ``dns`` doc fragment)."""
+    return {
+        "resolvers": {"type": "list", "elements": "str"},
+        "timeout": {"type": "float", "default": 5.0},
+        "retries": {"type": "int", "default": 2},
+        "workers": {"type": "int", "default": 16},
+    }
+
+
+def missing_libraries() -> t.List[t.Tuple[str, t.Optional[BaseException]]]:
+    """(pip name, import error) of each library the DNS modules need but cannot import."""
+    wanted = [("dnspython", _resolver.HAS_DNSPYTHON, _resolver.DNSPYTHON_IMPORT_ERROR),
+              ("idna", _names.HAS_IDNA, _names.IDNA_IMPORT_ERROR),
+              ("publicsuffixlist", HAS_PSL, PSL_IMPORT_ERROR)]
+    return [(name, error) for name, present, error in wanted if not present]
+
+
+def resolver_from_params(params: t.Mapping[str, t.Any]) -> RecursiveView:
+    """Validate the shared options and build the resolver (no query is sent)."""
+    if not params["timeout"] > 0:
+        raise InputError("timeout must be a positive number of seconds, got %r" % params["timeout"], item="timeout")
+    if params["retries"] < 0 or params["retries"] > 10:
+        raise InputError("retries must be between 0 and 10, got %r" % params["retries"], item="retries")
+    if params["workers"] < 1 or params["workers"] > 256:
+        raise InputError("workers must be between 1 and 256, got %r" % params["workers"], item="workers")
+    return make_resolver(params["resolvers"], params["timeout"], params["retries"])

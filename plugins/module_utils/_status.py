@@ -1,0 +1,112 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) linkcert contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+# NOTE: private to the mailops.linkcert collection; not a public API.
+
+"""The per-domain SSL status: SSL Issued / SSL Pending / SSL Unknown, with reason and fix.
+
+Pure functions shared by the filter plugins and (later) the ACME module, so a
+domain's status is worded the same wherever it is shown.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+ISSUED = "issued"
+PENDING = "pending"
+UNKNOWN = "unknown"
+LABELS = {ISSUED: "SSL Issued", PENDING: "SSL Pending", UNKNOWN: "SSL Unknown"}
+
+
+def status_entry(domain: str, status: str, reason: str, message: str, remediation: t.Optional[str] = None,
+                 **extra: t.Any) -> t.Dict[str, t.Any]:
+    entry = {"domain": domain, "ssl_status": status, "label": LABELS[status], "reason": reason,
+             "message": message, "remediation": remediation}
+    entry.update(extra)
+    return entry
+
+
+_VERIFY_KEYS = ("name", "kind", "cname", "spf_include", "dkim", "dmarc", "return_path")
+
+
+def verify_input(domains: t.Sequence[t.Mapping[str, t.Any]], edge_cname: t.Optional[str]) -> t.List[t.Dict[str, t.Any]]:
+    """``linkcert_domains`` entries → ``sending_domain_verify`` domains.
+
+    Every domain must route to the edge (``cname``: its own, else ``edge_cname``)
+    unless it sets ``https: false`` (a sending domain we never serve).
+    """
+    result = []
+    for entry in domains:
+        item = {key: entry[key] for key in _VERIFY_KEYS if entry.get(key) not in (None, "", [])}
+        if entry.get("https", True) and "cname" not in item and edge_cname:
+            item["cname"] = edge_cname
+        result.append(item)
+    return result
+
+
+def _index(results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]], key: str) -> t.Dict[str, t.Mapping[str, t.Any]]:
+    return {str(r[key]): r for r in (results or [])}
+
+
+def _dns_issues(verify: t.Optional[t.Mapping[str, t.Any]]) -> t.List[t.Dict[str, t.Any]]:
+    if not verify:
+        return []
+    return [{"check": r["check"], "name": r["name"], "status": r["status"], "remediation": r.get("remediation")}
+            for r in verify.get("records", []) if r["status"] != "verified"]
+
+
+def domain_status(name: str, verify: t.Optional[t.Mapping[str, t.Any]], caa: t.Optional[t.Mapping[str, t.Any]]) -> t.Dict[str, t.Any]:
+    """Status of a domain that has no certificate yet, from its DNS and CAA results."""
+    issues = _dns_issues(verify)
+    extra = {"dns_verified": bool(verify and verify.get("verified")), "dns_issues": issues}
+    if verify is None:
+        return status_entry(name, UNKNOWN, "dns_not_checked", "The DNS records of %s were not checked." % name, **extra)
+    routing = [r for r in verify.get("records", []) if r["check"] == "cname"]
+    if not routing:
+        return status_entry(name, UNKNOWN, "no_edge_route",
+                            "%s has no cname to the edge configured, so it cannot be served over HTTPS by us." % name, **extra)
+    if routing[0]["status"] == "error":
+        return status_entry(name, UNKNOWN, "dns_error", routing[0]["message"], None, **extra)
+    if not verify.get("ssl_ready"):
+        return status_entry(name, UNKNOWN, "dns_not_ready", routing[0]["message"], routing[0].get("remediation"), **extra)
+    if caa is None:
+        return status_entry(name, UNKNOWN, "caa_not_checked", "CAA of %s was not checked." % name, **extra)
+    if not caa.get("allowed"):
+        reason = "caa_dns_error" if caa.get("reason") == "dns_error" else "caa_blocked"
+        return status_entry(name, UNKNOWN, reason, caa["message"], caa.get("remediation"), caa_reason=caa.get("reason"), **extra)
+    message = "DNS routes %s to the edge and CAA allows issuance; the certificate has not been issued yet." % name
+    if issues:
+        message += " %d other record(s) need attention." % len(issues)
+    return status_entry(name, PENDING, "awaiting_issuance", message, None, **extra)
+
+
+def statuses(domains: t.Sequence[t.Any], verify_results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]],
+             caa_results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]]) -> t.List[t.Dict[str, t.Any]]:
+    """One status per domain (names as the modules normalised them), in the given order."""
+    by_name = _index(verify_results, "name")
+    by_domain = _index(caa_results, "domain")
+    names = [d["name"] if isinstance(d, dict) else d for d in domains]
+    ordered = [r["name"] for r in (verify_results or [])] or [str(n) for n in names]
+    return [domain_status(name, by_name.get(name), by_domain.get(name)) for name in ordered]
+
+
+def table(entries: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
+    """Aligned lines: domain, label, detail (expiry, or reason and the record to publish)."""
+    if not entries:
+        return ["(no domains)"]
+    width = max(len(str(e["domain"])) for e in entries)
+    lines = []
+    for entry in entries:
+        if entry.get("ssl_status") == ISSUED and entry.get("not_after"):
+            detail = "expires %s" % str(entry["not_after"])[:10]
+        else:
+            detail = entry.get("reason", "")
+            if entry.get("remediation"):
+                detail += ": publish %s" % entry["remediation"]
+            elif entry.get("ssl_status") != ISSUED and entry.get("message"):
+                detail += ": %s" % entry["message"]
+        lines.append("%s  %-11s  %s" % (str(entry["domain"]).ljust(width), entry.get("label", ""), detail))
+    return lines

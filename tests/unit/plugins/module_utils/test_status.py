@@ -1,0 +1,60 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) linkcert contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Per-domain SSL status from DNS and CAA results."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.mailops.linkcert.plugins.module_utils import _status
+
+
+def verify(name, cname_status="verified", others=(), remediation="x. CNAME e."):
+    records = [{"check": "cname", "name": name, "status": cname_status, "message": "m-%s" % cname_status,
+                "remediation": None if cname_status == "verified" else remediation}]
+    records += [{"check": c, "name": name, "status": s, "message": "", "remediation": "r"} for c, s in others]
+    return {"name": name, "verified": all(r["status"] == "verified" for r in records), "ssl_ready": cname_status == "verified",
+            "records": records}
+
+
+CASES = [
+    ("ready", verify("a.c.com"), {"domain": "a.c.com", "allowed": True}, "pending", "awaiting_issuance", None),
+    ("ready-other-issues", verify("a.c.com", others=[("spf", "missing")]), {"domain": "a.c.com", "allowed": True},
+     "pending", "awaiting_issuance", None),
+    ("not-routed", verify("a.c.com", "mismatch"), None, "unknown", "dns_not_ready", "x. CNAME e."),
+    ("dns-error", verify("a.c.com", "error"), None, "unknown", "dns_error", None),
+    ("caa-blocked", verify("a.c.com"), {"domain": "a.c.com", "allowed": False, "reason": "issuer_not_listed", "message": "no",
+                                         "remediation": 'c.com. CAA 0 issue "letsencrypt.org"'},
+     "unknown", "caa_blocked", 'c.com. CAA 0 issue "letsencrypt.org"'),
+    ("caa-dns", verify("a.c.com"), {"domain": "a.c.com", "allowed": False, "reason": "dns_error", "message": "sf"},
+     "unknown", "caa_dns_error", None),
+    ("no-route", {"name": "a.c.com", "verified": True, "ssl_ready": False, "records": [{"check": "spf", "name": "a.c.com", "status": "verified"}]},
+     None, "unknown", "no_edge_route", None),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_domain_status(case):
+    _id, ver, caa, status, reason, remediation = case
+    entry = _status.domain_status("a.c.com", ver, caa)
+    assert (entry["ssl_status"], entry["reason"], entry["remediation"]) == (status, reason, remediation)
+    assert entry["label"] == {"pending": "SSL Pending", "unknown": "SSL Unknown"}[status]
+
+
+def test_statuses_follow_normalised_names_and_table():
+    entries = _status.statuses([{"name": "A.C.com"}, {"name": "b.c.com"}], [verify("a.c.com"), verify("b.c.com", "missing")],
+                               [{"domain": "a.c.com", "allowed": True}])
+    assert [(e["domain"], e["label"]) for e in entries] == [("a.c.com", "SSL Pending"), ("b.c.com", "SSL Unknown")]
+    lines = _status.table(entries + [_status.status_entry("long.c.com", "issued", "valid", "", not_after="2027-02-21T10:00:00Z")])
+    assert lines[0].startswith("a.c.com     SSL Pending  awaiting_issuance")
+    assert lines[1].startswith("b.c.com     SSL Unknown  dns_not_ready: publish x. CNAME e.")
+    assert lines[2] == "long.c.com  SSL Issued   expires 2027-02-21"
+
+
+def test_verify_input_defaults_edge():
+    got = _status.verify_input([{"name": "l.c.com", "kind": "tracking", "extra": 1}, {"name": "em.c.com", "https": False, "dmarc": "none"},
+                                {"name": "x.c.com", "cname": "own.edge"}], "edge.esp")
+    assert got == [{"name": "l.c.com", "kind": "tracking", "cname": "edge.esp"}, {"name": "em.c.com", "dmarc": "none"},
+                   {"name": "x.c.com", "cname": "own.edge"}]
