@@ -40,10 +40,11 @@ demo: lab-start
 	@echo
 	@echo "The lab keeps running (make lab-stop ends it). Try: ansible-playbook -i inventories/lab playbooks/onboard_domain.yml -e domain=links.example.net"
 
-# The suite: every step runs; the exit status says whether any failed.
+# The suite: every step runs (pytest last, so its closing line ends the output);
+# the exit status says whether any step failed.
 test: deps
 	@status=0; \
-	for step in units integration lint sanity build; do \
+	for step in lint sanity build units integration; do \
 	  echo "=== $$step ==="; \
 	  $(MAKE) --no-print-directory $$step || { echo "=== $$step FAILED ==="; status=1; }; \
 	done; \

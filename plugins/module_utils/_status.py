@@ -94,19 +94,21 @@ def statuses(domains: t.Sequence[t.Any], verify_results: t.Optional[t.Sequence[t
 
 
 def table(entries: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
-    """Aligned lines: domain, label, detail (expiry, or reason and the record to publish)."""
+    """Aligned lines under a header: domain, label, detail (expiry, or reason and the record to publish)."""
     if not entries:
         return ["(no domains)"]
-    width = max(len(str(e["domain"])) for e in entries)
-    lines = []
+    width = max([len(str(e["domain"])) for e in entries] + [len("DOMAIN")])
+    lines = ["%s  %-11s  %s" % ("DOMAIN".ljust(width), "STATUS", "DETAIL")]
     for entry in entries:
         if entry.get("ssl_status") == ISSUED and entry.get("not_after"):
             detail = "expires %s" % str(entry["not_after"])[:10]
         else:
             detail = entry.get("reason", "")
             if entry.get("remediation"):
-                detail += ": publish %s" % entry["remediation"]
-            elif entry.get("ssl_status") != ISSUED and entry.get("message"):
+                detail += ": publish %s" % " + ".join(str(entry["remediation"]).splitlines())
+            elif entry.get("ssl_status") == UNKNOWN and entry.get("message"):
                 detail += ": %s" % entry["message"]
+            elif entry.get("dns_issues"):
+                detail += " (%d other DNS record(s) to fix)" % len(entry["dns_issues"])
         lines.append("%s  %-11s  %s" % (str(entry["domain"]).ljust(width), entry.get("label", ""), detail))
     return lines

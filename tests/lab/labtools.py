@@ -66,7 +66,8 @@ def run_module(module: str, args: Dict[str, Any], check: bool = False, timeout: 
            "-e", "ansible_python_interpreter=%s" % sys.executable, "-c", "local"]
     if check:
         cmd.append("--check")
-    proc = subprocess.run(cmd, env=ansible_env({"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}), capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
+    env = ansible_env({"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
     return ModuleRun(proc)
 
 

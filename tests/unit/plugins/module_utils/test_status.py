@@ -25,8 +25,8 @@ CASES = [
      "pending", "awaiting_issuance", None),
     ("not-routed", verify("a.c.com", "mismatch"), None, "unknown", "dns_not_ready", "x. CNAME e."),
     ("dns-error", verify("a.c.com", "error"), None, "unknown", "dns_error", None),
-    ("caa-blocked", verify("a.c.com"), {"domain": "a.c.com", "allowed": False, "reason": "issuer_not_listed", "message": "no",
-                                         "remediation": 'c.com. CAA 0 issue "letsencrypt.org"'},
+    ("caa-blocked", verify("a.c.com"),
+     {"domain": "a.c.com", "allowed": False, "reason": "issuer_not_listed", "message": "no", "remediation": 'c.com. CAA 0 issue "letsencrypt.org"'},
      "unknown", "caa_blocked", 'c.com. CAA 0 issue "letsencrypt.org"'),
     ("caa-dns", verify("a.c.com"), {"domain": "a.c.com", "allowed": False, "reason": "dns_error", "message": "sf"},
      "unknown", "caa_dns_error", None),
@@ -48,9 +48,10 @@ def test_statuses_follow_normalised_names_and_table():
                                [{"domain": "a.c.com", "allowed": True}])
     assert [(e["domain"], e["label"]) for e in entries] == [("a.c.com", "SSL Pending"), ("b.c.com", "SSL Unknown")]
     lines = _status.table(entries + [_status.status_entry("long.c.com", "issued", "valid", "", not_after="2027-02-21T10:00:00Z")])
-    assert lines[0].startswith("a.c.com     SSL Pending  awaiting_issuance")
-    assert lines[1].startswith("b.c.com     SSL Unknown  dns_not_ready: publish x. CNAME e.")
-    assert lines[2] == "long.c.com  SSL Issued   expires 2027-02-21"
+    assert lines[0] == "DOMAIN      STATUS       DETAIL"
+    assert lines[1] == "a.c.com     SSL Pending  awaiting_issuance"
+    assert lines[2] == "b.c.com     SSL Unknown  dns_not_ready: publish x. CNAME e."
+    assert lines[3] == "long.c.com  SSL Issued   expires 2027-02-21"
 
 
 def test_verify_input_defaults_edge():
