@@ -10,10 +10,11 @@ DEST=.work/sanity-$PYVER/ansible_collections/mailops/linkcert
 
 # Seed ansible-test's pip bootstrap cache with the offline stand-in, for every
 # pip version this ansible-test may ask for.
-for version in $(grep -ho "pip='[0-9.]*'" "$VENV"/lib/python*/site-packages/ansible_test/_internal/python_requirements.py | tr -d "pip='"); do
-  mkdir -p ~/.ansible/test/cache
-  cp scripts/get_pip_offline.py ~/.ansible/test/cache/get_pip_${version//./_}.py
-done
+mkdir -p ~/.ansible/test/cache
+sed -n "s/.*pip='\([0-9.]*\)'.*/\1/p" "$VENV"/lib/python*/site-packages/ansible_test/_internal/python_requirements.py |
+  while read -r version; do
+    cp scripts/get_pip_offline.py ~/.ansible/test/cache/"get_pip_${version//./_}.py"
+  done
 
 rm -rf "$DEST"
 mkdir -p "$DEST"
