@@ -14,11 +14,12 @@ export LINKCERT_LAB_HTTP_PORT ?= 80
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.work/collections
 export ANSIBLE_HOME := $(ROOT)/.work/ansible-home
 
-.PHONY: help deps demo lab-start lab-stop lab-status test units integration lint sanity build clean
+.PHONY: help deps demo lab-start lab-stop lab-status test units integration lint sanity build bench clean
 
 help:
 	@echo "make demo   - install what is needed, start the local lab, onboard the example domains, print the status table"
 	@echo "make test   - install what is needed and run the whole suite (unit, integration, ansible-lint, ansible-test sanity, build)"
+	@echo "make bench  - benchmarks on the lab (ACME protocol time per certificate against a bare acme client)"
 	@echo "make lab-start | lab-stop | lab-status - the local lab alone (ports from LINKCERT_LAB_* variables)"
 
 deps:
@@ -69,9 +70,13 @@ sanity:
 build:
 	rm -rf .work/build && mkdir -p .work/build
 	$(PY313)/ansible-galaxy collection build --output-path .work/build --force
-	@if tar -tzf .work/build/mailops-linkcert-*.tar.gz | grep -E '^(tests/(lab|unit|output)/|lab/|molecule/|scripts/|\.venv|\.work|\.lab)'; then \
+	@if tar -tzf .work/build/mailops-linkcert-*.tar.gz | grep -E '^(tests/(lab|unit|output)/|lab/|bench/|molecule/|scripts/|\.venv|\.work|\.lab)'; then \
 	  echo "test-only files leaked into the build"; exit 1; fi
 	@ls -l .work/build
+
+# Benchmarks, never timed tests: per-certificate protocol time against a bare acme-library client.
+bench: deps
+	$(PY311)/python bench/acme_protocol.py --count $${BENCH_COUNT:-20} --json .work/bench-acme.json
 
 clean: lab-stop
 	rm -rf .work .lab tests/output

@@ -430,7 +430,8 @@ class Lab:
     def __init__(self, dir: PathLike, addr: str = "127.0.0.1", ports: Optional[Mapping[str, int]] = None, *,
                  extra_addrs: Sequence[str] = (), default_ipv4: Optional[str] = None, cert_validity: Optional[int] = None,
                  nginx: bool = True, eab: Optional[Mapping[str, str]] = None, pebble_env: Optional[Mapping[str, str]] = None,
-                 timeout: float = DEFAULT_TIMEOUT, binaries: Optional[Mapping[str, str]] = None) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, binaries: Optional[Mapping[str, str]] = None,
+                 domain_blocklist: Sequence[str] = ()) -> None:
         """Describe a lab; nothing is touched on disk until :meth:`start`."""
         self.dir = Path(dir).expanduser().resolve()
         self.addr = addr
@@ -443,6 +444,8 @@ class Lab:
         # unconfigured name never looks as if it routed to the edge (and Pebble fails fast).
         self.default_ipv4 = default_ipv4 or NOWHERE_IPV4
         self.cert_validity = cert_validity
+        # Names Pebble refuses to issue for (its domainBlocklist), to exercise a CA's rejectedIdentifier.
+        self.domain_blocklist = [d for d in domain_blocklist if d]
         self.nginx = nginx
         self.eab: Dict[str, str] = dict(eab or {})
         self.pebble_env: Dict[str, str] = {**PEBBLE_ENV_DEFAULTS, **(pebble_env or {})}
@@ -465,6 +468,7 @@ class Lab:
             extra_addrs=[a.strip() for a in env.get("LINKCERT_LAB_EXTRA_ADDRS", "").split(",") if a.strip()],
             default_ipv4=env.get("LINKCERT_LAB_DEFAULT_IPV4", "").strip() or None,
             cert_validity=_env_number(env, "LINKCERT_LAB_CERT_VALIDITY", None),
+            domain_blocklist=[d.strip() for d in env.get("LINKCERT_LAB_DOMAIN_BLOCKLIST", "").split(",") if d.strip()],
             nginx=env.get("LINKCERT_LAB_NGINX", "1").strip().lower() not in ("0", "false", "no", "off"),
             eab=_parse_eab(env.get("LINKCERT_LAB_EAB", "")),
             pebble_env=pebble_env,
@@ -599,6 +603,8 @@ class Lab:
             conf["externalAccountMACKeys"] = dict(self.eab)
         if self.cert_validity:
             conf["certificateValidityPeriod"] = int(self.cert_validity)
+        if self.domain_blocklist:
+            conf["domainBlocklist"] = list(self.domain_blocklist)
         return {"pebble": conf}
 
     def nginx_config(self) -> str:

@@ -1,0 +1,355 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) linkcert contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+# NOTE: private to the mailops.linkcert collection; not a public API.
+
+"""One run of acme_http01_cert: decide per certificate, issue what is due, report status.
+
+Per certificate, under a per-domain lock: read the installed pair and the state
+file, decide (``_acme_renewal.decide``), and only if due (and not held back by the
+failed-validation guard) talk to the CA.  The CA client, the account key and the
+account registration are created lazily, so a run with nothing due makes no
+request at all (ARI queries excepted, where the CA offers ARI).  A failure never
+touches the installed pair.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_challenge as challenge
+from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_keys as keys
+from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_renewal as renewal
+from ansible_collections.mailops.linkcert.plugins.module_utils import _status
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_client import AcmeClient, AcmeProblem
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_state import StateStore, guard_until, iso, parse_iso, record_failure
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import CertStore, atomic_write
+from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError
+from ansible_collections.mailops.linkcert.plugins.module_utils._resolver import View
+
+# Failures the CA counts against the name (Let's Encrypt pauses after 5 an hour).
+VALIDATION_FAILURES = frozenset(("acme_unauthorized", "acme_connection", "acme_dns", "acme_incorrect_response", "acme_caa", "acme_tls",
+                                 "acme_rejected_identifier"))
+FEATURES_MAX_AGE = datetime.timedelta(days=1)
+STATE_KEYS = ("domain", "names", "ssl_status", "label", "reason", "message", "remediation", "action", "serial", "issuer",
+              "not_before", "not_after", "renew_after")
+
+
+class Settings(t.NamedTuple):
+    directory_url: str
+    ca_bundle: t.Optional[str]
+    account_key: str
+    email: t.Optional[str]
+    terms_agreed: bool
+    eab: t.Optional[t.Tuple[str, str]]
+    webroot: str
+    cert_root: str
+    state_root: str
+    key_type: str
+    reuse_key: bool
+    renew_before: t.Union[str, int]
+    profile: t.Optional[str]
+    self_check: bool
+    challenge_port: int
+    resolver: t.Optional[View]
+    timeout: float
+    force: bool
+    check_mode: bool
+
+
+class CertSpec(t.NamedTuple):
+    domain: str
+    names: t.List[str]
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def split_chain(pem: bytes) -> t.Tuple[bytes, bytes]:
+    marker = b"-----END CERTIFICATE-----"
+    blocks = [block.strip() + b"\n" + marker + b"\n" for block in pem.split(marker) if block.strip()]
+    if not blocks:
+        raise LinkcertError("the CA returned no certificate", reason="ca_protocol_error")
+    return blocks[0], b"".join(blocks[1:])
+
+
+class Runner:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.store = CertStore(settings.cert_root)
+        self.states = StateStore(settings.state_root)
+        self._client: t.Optional[AcmeClient] = None
+        self._client_lock = threading.Lock()
+        self.account_uri: t.Optional[str] = None
+        account = self.states.load_account(settings.directory_url) if Path(settings.state_root).is_dir() else None
+        self._account_record = account or {}
+        if account:
+            self.account_uri = account.get("uri")
+        self._rng = random.Random()
+
+    # --------------------------------------------------------------- CA
+
+    @property
+    def ca_requests(self) -> int:
+        return self._client.requests if self._client else 0
+
+    def features(self) -> t.Dict[str, t.Any]:
+        """Directory features from the cache (no request), refreshed whenever the directory is fetched."""
+        cached = self._account_record.get("features")
+        if cached is not None:
+            return dict(cached)
+        return {"ari": False, "renewal_info_url": None, "profiles": {}, "unknown": True}
+
+    def client(self, deadline: float) -> AcmeClient:
+        """The CA client with a registered account: created on first need, once per run."""
+        with self._client_lock:
+            if self._client is None:
+                key = self._account_key()
+                client = AcmeClient(self.s.directory_url, self.s.ca_bundle, key, timeout=max(5.0, self.s.timeout))
+                directory = client.directory(deadline)
+                thumb = keys.thumbprint(client.jwk)
+                record = dict(self._account_record)
+                if record.get("uri") and record.get("thumbprint") == thumb:
+                    client.account_uri = record["uri"]
+                else:
+                    record.update(directory=self.s.directory_url, uri=client.account(self.s.email, self.s.terms_agreed, self.s.eab, deadline),
+                                  thumbprint=thumb, created=iso(utcnow()))
+                record["features"] = renewal.directory_features(directory)
+                record["features_at"] = iso(utcnow())
+                if record != self._account_record:
+                    self.states.save_account(self.s.directory_url, record)
+                    self._account_record = record
+                self.account_uri = client.account_uri
+                self._client = client
+            return self._client
+
+    def _account_key(self) -> t.Any:
+        path = Path(self.s.account_key)
+        if path.exists():
+            return keys.load_key_pem(path.read_bytes(), item=str(path))
+        key = keys.generate_key("ec256")
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(path, keys.key_to_pem(key), mode=0o600)
+        return key
+
+    # ------------------------------------------------------------- run
+
+    def process(self, spec: CertSpec) -> t.Dict[str, t.Any]:
+        deadline = time.monotonic() + self.s.timeout
+        base = {"domain": spec.domain, "names": spec.names, "changed": False}
+        base.update(self.store.paths(spec.domain))
+        if self.s.check_mode:  # reads only: no lock file is created
+            return self._locked(spec, base, deadline)
+        try:
+            with self.states.lock(spec.domain, timeout=min(self.s.timeout, 30.0)):
+                return self._locked(spec, base, deadline)
+        except LinkcertError as exc:
+            if exc.reason != "locked":
+                raise
+            info = self._installed(spec.domain)[0]
+            return self._report(base, info, None, "none", "locked", "%s Nothing was done; the other run finishes the job." % exc.msg)
+
+    def _installed(self, domain: str) -> t.Tuple[t.Optional[t.Any], t.Optional[t.Dict[str, bytes]]]:
+        existing = self.store.read(domain)
+        if not existing:
+            return None, None
+        try:
+            info = renewal.cert_info(existing["cert"])
+            key = keys.load_key_pem(existing["privkey"], item=domain)
+        except LinkcertError:
+            return None, existing
+        if not keys.public_key_matches(key, existing["cert"]):
+            return None, existing
+        return info, existing
+
+    def _locked(self, spec: CertSpec, base: t.Dict[str, t.Any], deadline: float) -> t.Dict[str, t.Any]:
+        now = utcnow()
+        state = self.states.load(spec.domain)
+        info, existing = self._installed(spec.domain)
+        ari_at = self._ari(spec.domain, info, state, deadline)
+        features = self.features()
+        decision = renewal.decide(info, spec.names, self.s.key_type, now, self.s.renew_before, force=self.s.force,
+                                  ari_renew_at=ari_at, ari_offered=bool(features.get("ari")))
+        if not decision.due:
+            result = self._report(base, info, decision, "none", decision.reason, decision.message)
+            return self._save(spec.domain, state, result, attempted=False)
+        held = guard_until(state, now, reasons=VALIDATION_FAILURES)
+        if held and not self.s.force:
+            result = self._report(base, info, decision, "none", "rate_limit_guard",
+                                  "%s failed validation too often in the last hour; no new order before %s, so the CA does not pause the name."
+                                  % (spec.domain, iso(held)), retry_after=iso(held))
+            return self._save(spec.domain, state, result, attempted=False)
+        action = "renewed" if info else "issued"
+        if self.s.check_mode:
+            result = self._report(base, info, decision, action, decision.reason, "Would %s: %s" % ("renew" if info else "issue", decision.message))
+            result["changed"] = True
+            return result
+        state["last_attempt"] = iso(now)
+        try:
+            key_pem, cert_pem, chain_pem = self._issue(spec, existing, decision, deadline)
+        except LinkcertError as exc:
+            state = record_failure(state, utcnow(), exc.reason, exc.msg)
+            result = self._failed(base, info, exc)
+            return self._save(spec.domain, state, result, attempted=True)
+        self.store.install(spec.domain, key_pem, cert_pem, chain_pem)
+        new_info = renewal.cert_info(cert_pem)
+        state["last_success"] = iso(utcnow())
+        state.pop("ari", None)
+        after = renewal.decide(new_info, spec.names, self.s.key_type, utcnow(), self.s.renew_before)
+        result = self._report(base, new_info, after, action, action, "%s a certificate for %s, valid until %s." % (
+            "Renewed" if info else "Issued", ", ".join(spec.names), iso(new_info.not_after)))
+        result["changed"] = True
+        return self._save(spec.domain, state, result, attempted=True)
+
+    def _ari(self, domain: str, info: t.Optional[t.Any], state: t.Dict[str, t.Any], deadline: float) -> t.Optional[datetime.datetime]:
+        """The ARI renewal time for the installed certificate: cached until Retry-After, else asked (never in check mode)."""
+        if info is None or not info.ari_cert_id or self.s.renew_before != "auto":
+            return None
+        features = self.features()
+        if not features.get("ari") and not features.get("unknown"):
+            return None
+        cached = state.get("ari") or {}
+        now = utcnow()
+        if cached.get("cert_id") == info.ari_cert_id and cached.get("renew_at") and parse_iso(cached.get("retry_after", "1970-01-01T00:00:00Z")) > now:
+            return parse_iso(cached["renew_at"])
+        if self.s.check_mode:
+            return parse_iso(cached["renew_at"]) if cached.get("cert_id") == info.ari_cert_id and cached.get("renew_at") else None
+        try:
+            answer = self.client(deadline).renewal_info(info.ari_cert_id, deadline, domain)
+        except LinkcertError:
+            return None
+        if answer is None:
+            return None
+        window = renewal.parse_ari(answer[0], answer[1], now)
+        if window is None:
+            return None
+        renew_at = renewal.pick_in_window(window, self._rng)
+        state["ari"] = {"cert_id": info.ari_cert_id, "start": iso(window.start), "end": iso(window.end), "renew_at": iso(renew_at),
+                        "retry_after": iso(window.retry_after), "explanation_url": window.explanation_url}
+        return renew_at
+
+    def _issue(self, spec: CertSpec, existing: t.Optional[t.Dict[str, bytes]], decision: t.Any,
+               deadline: float) -> t.Tuple[bytes, bytes, bytes]:
+        key = None
+        if self.s.reuse_key and existing and existing.get("privkey"):
+            try:
+                candidate = keys.load_key_pem(existing["privkey"], item=spec.domain)
+                key = candidate if keys.key_type_of(candidate) == self.s.key_type else None
+            except LinkcertError:
+                key = None
+        key = key or keys.generate_key(self.s.key_type)
+        csr = keys.make_csr(key, spec.names)
+        client = self.client(deadline)
+        profile = renewal.check_profile(self.s.profile, self.features()) if self.s.profile else None
+        try:
+            order_url, order = client.new_order(spec.names, deadline, replaces=decision.replaces, profile=profile)
+        except AcmeProblem as exc:
+            if exc.code != "alreadyReplaced" or not decision.replaces:
+                raise
+            order_url, order = client.new_order(spec.names, deadline, profile=profile)
+        self._authorize(client, spec, order, deadline)
+        if order.get("status") in ("pending", "ready"):
+            order = client.wait_valid(order_url, deadline, spec.domain, pending=("pending",))
+        if order.get("status") == "ready":
+            client.finalize(order["finalize"], csr, deadline, spec.domain)
+            order = client.wait_valid(order_url, deadline, spec.domain, pending=("ready", "processing"))
+        if order.get("status") != "valid" or not order.get("certificate"):
+            error = order.get("error") or {}
+            raise LinkcertError("the order for %s ended %s: %s" % (spec.domain, order.get("status"), error.get("detail", "no detail")),
+                                item=spec.domain, reason="acme_order_%s" % order.get("status"))
+        leaf, chain = split_chain(client.download(order["certificate"], deadline, spec.domain))
+        if not keys.public_key_matches(key, leaf):
+            raise LinkcertError("the CA returned a certificate for another key", item=spec.domain, reason="ca_protocol_error")
+        return keys.key_to_pem(key), leaf, chain
+
+    def _authorize(self, client: AcmeClient, spec: CertSpec, order: t.Dict[str, t.Any], deadline: float) -> None:
+        published: t.List[Path] = []
+        answered: t.List[t.Tuple[str, str]] = []
+        check = challenge.SelfCheck(self.s.resolver, self.s.challenge_port, min(10.0, max(1.0, deadline - time.monotonic())))
+        try:
+            for authz_url in order.get("authorizations", []):
+                authz = dict(client.get(authz_url, deadline, spec.domain).json())
+                name = authz.get("identifier", {}).get("value", spec.domain)
+                if authz.get("status") == "valid":
+                    continue
+                chall = next((c for c in authz.get("challenges", []) if c.get("type") == "http-01"), None)
+                if chall is None:
+                    raise LinkcertError("the CA offers no http-01 challenge for %s" % name, item=name, reason="no_http01")
+                key_authz = keys.key_authorization(chall["token"], client.jwk)
+                published.append(challenge.publish(self.s.webroot, chall["token"], key_authz))
+                if self.s.self_check:
+                    challenge.self_check(check, name, chall["token"], key_authz)
+                answered.append((authz_url, name))
+                client.answer(chall["url"], deadline, name)
+            for authz_url, name in answered:
+                body = client.wait_valid(authz_url, deadline, name)
+                if body.get("status") != "valid":
+                    raise _challenge_problem(body, name)
+        finally:
+            for path in published:
+                challenge.withdraw(path)
+
+    # ---------------------------------------------------------- results
+
+    def _report(self, base: t.Dict[str, t.Any], info: t.Optional[t.Any], decision: t.Optional[t.Any], action: str, reason: str,
+                message: str, **extra: t.Any) -> t.Dict[str, t.Any]:
+        valid = info is not None and info.not_before <= utcnow() < info.not_after
+        status = _status.ISSUED if valid else _status.PENDING
+        result = dict(base)
+        result.update(_status.status_entry(base["domain"], status, reason, message, None, action=action))
+        result.update(_cert_fields(info))
+        result["renew_after"] = iso(decision.renew_after) if decision is not None and decision.renew_after else None
+        result.update(extra)
+        return result
+
+    def _failed(self, base: t.Dict[str, t.Any], info: t.Optional[t.Any], exc: LinkcertError) -> t.Dict[str, t.Any]:
+        valid = info is not None and utcnow() < info.not_after
+        customer = isinstance(exc, challenge.ChallengeFailed) or (isinstance(exc, AcmeProblem) and exc.customer_must_fix)
+        if valid:
+            status, message = _status.ISSUED, "Renewal failed, the installed certificate is untouched and still served: %s" % exc.msg
+        elif customer:
+            status, message = _status.UNKNOWN, exc.msg
+        else:
+            status, message = _status.PENDING, "%s A later run retries." % exc.msg
+        result = dict(base)
+        result.update(_status.status_entry(base["domain"], status, exc.reason, message, None, action="failed"))
+        result.update(_cert_fields(info))
+        result["renew_after"] = None
+        retry_at = getattr(exc, "retry_at", None)
+        if retry_at:
+            result["retry_after"] = iso(datetime.datetime.fromtimestamp(retry_at, datetime.timezone.utc))
+        return result
+
+    def _save(self, domain: str, state: t.Dict[str, t.Any], result: t.Dict[str, t.Any], attempted: bool) -> t.Dict[str, t.Any]:
+        if self.s.check_mode:
+            return result
+        new_state = dict(state)
+        new_state.update({key: result.get(key) for key in STATE_KEYS})
+        if not attempted:
+            new_state["action"] = state.get("action", result["action"])
+        if new_state != state:
+            self.states.save(domain, new_state)
+        return result
+
+
+def _cert_fields(info: t.Optional[t.Any]) -> t.Dict[str, t.Any]:
+    if info is None:
+        return {"serial": None, "issuer": None, "not_before": None, "not_after": None}
+    return {"serial": info.serial_hex, "issuer": info.issuer, "not_before": iso(info.not_before), "not_after": iso(info.not_after)}
+
+
+def _challenge_problem(body: t.Dict[str, t.Any], name: str) -> LinkcertError:
+    for chall in body.get("challenges", []):
+        error = chall.get("error")
+        if error:
+            code = str(error.get("type", "")).rsplit(":", 1)[-1] or "unauthorized"
+            return AcmeProblem("the CA could not validate %s: %s" % (name, error.get("detail", code)), code, name)
+    return AcmeProblem("the authorization for %s ended %s" % (name, body.get("status")), "unauthorized", name)

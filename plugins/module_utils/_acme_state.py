@@ -1,0 +1,270 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) linkcert contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+# NOTE: private to the mailops.linkcert collection; not a public API.
+
+"""Per-domain ACME state, run locks, account records and the failed-validation ledger.
+
+State is one JSON file per domain (ROOT/DOMAIN.json), written atomically; a
+file that cannot be parsed is set aside and treated as empty, never fatal.
+Runs for one domain are serialised with flock(2) on ROOT/.locks/DOMAIN.lock,
+which the kernel releases when the holder exits however it exits.
+
+The ledger keeps the latest validation failures of a domain so that a run can
+refuse to place an order that would hit the CA's failed-validation limit
+(Let's Encrypt: 5 failures per name per hour).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+import typing as t
+from pathlib import Path
+
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import atomic_write, check_domain, os_error_text, utc_stamp
+from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError
+
+PathLike = t.Union[str, "os.PathLike[str]"]
+
+ROOT_MODE = 0o755
+PRIVATE_DIR_MODE = 0o700
+STATE_MODE = 0o644
+ACCOUNT_MODE = 0o600
+LOCK_POLL_INTERVAL = 0.05
+MAX_FAILURES_KEPT = 20
+DEFAULT_WINDOW = datetime.timedelta(hours=1)
+
+_UTC = datetime.timezone.utc
+_ISO_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?(?:([Zz])|([+-])(\d{2}):?(\d{2}))?$")
+
+
+def iso(dt: datetime.datetime) -> str:
+    """ISO 8601 in UTC with a 'Z' suffix (microseconds only when present). A naive datetime is taken as UTC."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=_UTC)
+    return dt.astimezone(_UTC).replace(tzinfo=None).isoformat() + "Z"
+
+
+def parse_iso(text: str) -> datetime.datetime:
+    """Parse an RFC 3339 / ISO 8601 date-time into an aware UTC datetime.
+
+    Accepts 'Z' or a numeric offset (none means UTC) and any number of
+    fractional digits (ACME servers send nanoseconds); raises ValueError otherwise.
+    """
+    match = _ISO_RE.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError("not an ISO 8601 date-time: %r" % (text,))
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_hours, off_minutes = match.groups()
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    tz = _UTC
+    if sign and not zulu:
+        offset = datetime.timedelta(hours=int(off_hours), minutes=int(off_minutes))
+        tz = datetime.timezone(-offset if sign == "-" else offset)
+    value = datetime.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz)
+    return value.astimezone(_UTC)
+
+
+def _json_default(value: t.Any) -> t.Any:
+    if isinstance(value, datetime.datetime):
+        return iso(value)
+    raise TypeError("%s values cannot be stored in the state file" % type(value).__name__)
+
+
+def _dumps(data: t.Mapping[str, t.Any]) -> bytes:
+    return (json.dumps(data, sort_keys=True, indent=2, default=_json_default) + "\n").encode("utf-8")
+
+
+def _make_dir(path: Path, mode: int) -> None:
+    if not path.is_dir():
+        os.makedirs(path, mode=mode, exist_ok=True)
+        os.chmod(path, mode)
+
+
+class StateStore:
+    """JSON state files and locks under one root directory."""
+
+    def __init__(self, root: PathLike) -> None:
+        # Nothing is created here: reading (and check mode) must leave the file system alone.
+        self.root = Path(root)
+
+    def _ensure_root(self) -> None:
+        try:
+            _make_dir(self.root, ROOT_MODE)
+        except OSError as exc:
+            raise LinkcertError("cannot create the state directory %s: %s" % (self.root, os_error_text(exc)),
+                                item=str(self.root), reason="write_failed") from exc
+
+    def path(self, domain: str) -> Path:
+        """ROOT/DOMAIN.json."""
+        return self.root / ("%s.json" % check_domain(domain))
+
+    def _read_json(self, path: Path) -> t.Optional[t.Dict[str, t.Any]]:
+        """The object in ``path``; None if absent. A corrupt file is renamed to PATH.corrupt-<ts> and read as None."""
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise LinkcertError("cannot read %s: %s" % (path, os_error_text(exc)), item=str(path), reason="read_failed") from exc
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            data = None
+        if isinstance(data, dict):
+            return data
+        try:
+            os.rename(path, path.with_name("%s.corrupt-%s" % (path.name, utc_stamp())))
+        except OSError:
+            pass
+        return None
+
+    def load(self, domain: str) -> t.Dict[str, t.Any]:
+        """The saved state of ``domain``; {} when there is none or it was unreadable (then set aside)."""
+        return self._read_json(self.path(domain)) or {}
+
+    def save(self, domain: str, state: t.Mapping[str, t.Any]) -> None:
+        """Write the state of ``domain`` atomically (datetime values are stored as ISO 8601 UTC)."""
+        self._ensure_root()
+        atomic_write(self.path(domain), _dumps(state), STATE_MODE)
+
+    @contextlib.contextmanager
+    def lock(self, domain: str, timeout: float) -> t.Iterator[None]:
+        """Hold an exclusive lock for ``domain`` for the duration of the block.
+
+        Polls every LOCK_POLL_INTERVAL seconds for up to ``timeout`` seconds,
+        then raises LinkcertError(reason="locked"). The lock is released by
+        the kernel when the holding process exits, so it never goes stale.
+        """
+        check_domain(domain)
+        self._ensure_root()
+        lock_dir = self.root / ".locks"
+        lock_path = lock_dir / ("%s.lock" % domain)
+        try:
+            _make_dir(lock_dir, PRIVATE_DIR_MODE)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as exc:
+            raise LinkcertError("cannot open the lock file %s: %s" % (lock_path, os_error_text(exc)), item=domain, reason="lock_failed") from exc
+        try:
+            deadline = time.monotonic() + max(0.0, timeout)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                        raise LinkcertError("cannot lock %s: %s" % (lock_path, os_error_text(exc)), item=domain, reason="lock_failed") from exc
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    holder = _read_holder(fd)
+                    raise LinkcertError("another run holds the lock for %s (%s%s); gave up after %.1f s"
+                                        % (domain, lock_path, ", process %s" % holder if holder else "", timeout),
+                                        item=domain, reason="locked")
+                time.sleep(min(LOCK_POLL_INTERVAL, remaining))
+            _write_holder(fd)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _account_path(self, directory_url: str) -> Path:
+        digest = hashlib.sha256(directory_url.encode("utf-8")).hexdigest()[:16]
+        return self.root / "accounts" / ("%s.json" % digest)
+
+    def load_account(self, directory_url: str) -> t.Optional[t.Dict[str, t.Any]]:
+        """The account record {"directory", "uri", "thumbprint", "created"} for this ACME directory, or None."""
+        data = self._read_json(self._account_path(directory_url))
+        if data is None or data.get("directory", directory_url) != directory_url:
+            return None
+        return data
+
+    def save_account(self, directory_url: str, data: t.Mapping[str, t.Any]) -> None:
+        """Store the account record for this ACME directory ("directory" is filled in if missing)."""
+        path = self._account_path(directory_url)
+        record = dict(data)
+        record.setdefault("directory", directory_url)
+        self._ensure_root()
+        try:
+            _make_dir(path.parent, PRIVATE_DIR_MODE)
+        except OSError as exc:
+            raise LinkcertError("cannot create %s: %s" % (path.parent, os_error_text(exc)), item=str(path.parent), reason="write_failed") from exc
+        atomic_write(path, _dumps(record), ACCOUNT_MODE)
+
+
+def _read_holder(fd: int) -> str:
+    """The process id the lock holder wrote into the lock file (best effort, for the message)."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+    except OSError:
+        return ""
+    return text if text.isdigit() else ""
+
+
+def _write_holder(fd: int) -> None:
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    except OSError:
+        pass
+
+
+def _failures_with_times(state: t.Mapping[str, t.Any]) -> t.List[t.Tuple[datetime.datetime, t.Dict[str, t.Any]]]:
+    """The ledger entries with their parsed times, oldest first; malformed entries are skipped."""
+    entries = []
+    for entry in state.get("failures") or []:
+        if not isinstance(entry, dict):
+            continue
+        try:
+            at = parse_iso(entry.get("at", ""))
+        except ValueError:
+            continue
+        entries.append((at, entry))
+    entries.sort(key=lambda pair: pair[0])
+    return entries
+
+
+def record_failure(state: t.Mapping[str, t.Any], at: datetime.datetime, reason: str, message: str) -> t.Dict[str, t.Any]:
+    """A copy of ``state`` with this failure added to the ledger, which keeps the newest MAX_FAILURES_KEPT."""
+    entry = {"at": iso(at), "reason": reason, "message": message}
+    entries = [pair[1] for pair in _failures_with_times(state)]
+    entries.append(entry)
+    entries.sort(key=lambda item: parse_iso(item["at"]))
+    new_state = dict(state)
+    new_state["failures"] = entries[-MAX_FAILURES_KEPT:]
+    return new_state
+
+
+def recent_failures(state: t.Mapping[str, t.Any], now: datetime.datetime, window: datetime.timedelta = DEFAULT_WINDOW,
+                    reasons: t.Optional[t.Collection[str]] = None) -> t.List[t.Dict[str, t.Any]]:
+    """Ledger entries (of ``reasons``, default all) later than ``now - window``, oldest first."""
+    since = _aware(now) - window
+    return [entry for at, entry in _failures_with_times(state)
+            if at > since and (reasons is None or entry.get("reason") in reasons)]
+
+
+def guard_until(state: t.Mapping[str, t.Any], now: datetime.datetime, threshold: int = 5, window: datetime.timedelta = DEFAULT_WINDOW,
+                reasons: t.Optional[t.Collection[str]] = None) -> t.Optional[datetime.datetime]:
+    """When ``threshold`` failures fall within ``window`` before ``now``, the time a new order is safe again; else None.
+
+    That time is the oldest of the newest ``threshold`` failures in the window, plus ``window``.
+    """
+    threshold = max(1, int(threshold))
+    recent = recent_failures(state, now, window, reasons)
+    if len(recent) < threshold:
+        return None
+    return parse_iso(recent[-threshold]["at"]) + window
+
+
+def _aware(dt: datetime.datetime) -> datetime.datetime:
+    return dt.replace(tzinfo=_UTC) if dt.tzinfo is None else dt.astimezone(_UTC)

@@ -1,0 +1,350 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) linkcert contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: acme_http01_cert
+short_description: Issue and renew certificates over ACME HTTP-01 from a webroot, with per-domain state
+version_added: 0.1.0
+description:
+  - For each entry of O(certificates), checks the installed certificate and, only when it is missing, for other names or key
+    type, or due for renewal, orders a new one over ACME HTTP-01 (RFC 8555), answering the challenge from O(webroot).
+  - A certificate that is valid and not due makes no request to the CA and reports no change.
+  - Files are written to temporary names and renamed; each domain's key and certificate are switched together through a
+    symbolic link, so they are never a mismatched pair; a failed renewal leaves the installed pair untouched.
+  - Each domain gets a JSON state file in O(state_root) with its status (SSL Issued / SSL Pending / SSL Unknown), reason,
+    message, dates, the last attempt and success, and recent failures.
+  - Certificates are processed concurrently (O(workers)); a per-domain lock keeps two runs from ordering twice.
+author:
+  - linkcert maintainers (@mailops)
+attributes:
+  check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
+    support: full
+    details:
+      - In check mode the CA is never contacted and nothing is written; the result predicts the action and C(changed).
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
+    support: none
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
+    support: full
+options:
+  certificates:
+    description: The certificates to manage.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      domain:
+        description: The main name; it names the files and the state. Validated and normalised (case, trailing dot, IDN).
+        type: str
+        required: true
+      alt_names:
+        description: Further names in the same certificate. Wildcards are refused (HTTP-01 cannot validate them).
+        type: list
+        elements: str
+        default: []
+  acme_directory:
+    description: The ACME directory URL.
+    type: str
+    default: https://acme-v02.api.letsencrypt.org/directory
+  acme_ca_bundle:
+    description:
+      - PEM file with the CA certificate(s) to trust for the ACME server's TLS, for a private ACME server such as a lab's Pebble.
+      - When omitted, the system trust store is used. TLS verification is never switched off.
+    type: path
+  account_key:
+    description:
+      - The ACME account key. Created as an EC P-256 key with mode 0600 when absent (not in check mode).
+      - Defaults to C(STATE_ROOT/account.key).
+    type: path
+  account_email:
+    description: Contact e-mail address registered with the account.
+    type: str
+  terms_agreed:
+    description: Whether you agree to the CA's terms of service; required by most CAs to register.
+    type: bool
+    default: false
+  eab_kid:
+    description: External account binding key identifier, for CAs that require it.
+    type: str
+  eab_hmac_key:
+    description: External account binding MAC key (base64url). Never logged.
+    type: str
+  webroot:
+    description: The directory nginx serves C(/.well-known/acme-challenge/) from. Challenge files are removed afterwards.
+    type: path
+    required: true
+  cert_root:
+    description: Where C(DOMAIN/privkey.pem) (0600), C(cert.pem), C(chain.pem) and C(fullchain.pem) live.
+    type: path
+    required: true
+  state_root:
+    description: Where the per-domain JSON state files, the account record and the locks live.
+    type: path
+    required: true
+  key_type:
+    description: The certificate key type.
+    type: str
+    choices: [ec256, ec384, rsa2048, rsa3072, rsa4096]
+    default: ec256
+  reuse_key:
+    description: Keep the installed private key on renewal (when its type matches O(key_type)).
+    type: bool
+    default: false
+  renew_before:
+    description:
+      - C(auto) renews inside the CA's ACME Renewal Information window (RFC 9773) when the directory offers C(renewalInfo),
+        otherwise when a third of the certificate's lifetime is left (half for lifetimes under 10 days).
+      - A number renews that many days before expiry.
+    type: str
+    default: auto
+  profile:
+    description: The certificate profile to ask for, when the directory offers profiles (for example C(tlsserver)).
+    type: str
+  self_check:
+    description:
+      - Before asking the CA to validate, fetch the challenge URL the way the CA does and stop with a clear reason if it does not
+        return the key authorization, so a misrouted domain never spends the CA's failed-validation budget.
+    type: bool
+    default: true
+  challenge_port:
+    description: The port the self-check fetches from. Public CAs always validate on 80; a test lab may use another.
+    type: int
+    default: 80
+  resolvers:
+    description: Resolvers (C(ip) or C(ip:port)) used to find the domain's addresses for the self-check; default the system's.
+    type: list
+    elements: str
+  timeout:
+    description: Deadline in seconds for each certificate, from the first request to the installed files.
+    type: float
+    default: 120
+  workers:
+    description: Certificates processed at the same time.
+    type: int
+    default: 8
+  force:
+    description: Renew even when the certificate is not due (the failed-validation guard is skipped too).
+    type: bool
+    default: false
+requirements:
+  - acme >= 2.0
+  - josepy
+  - cryptography
+  - dnspython (for O(resolvers))
+seealso:
+  - module: mailops.linkcert.caa_check
+  - module: mailops.linkcert.sending_domain_verify
+  - name: RFC 8555
+    description: Automatic Certificate Management Environment (ACME).
+    link: https://www.rfc-editor.org/rfc/rfc8555
+  - name: RFC 9773
+    description: ACME Renewal Information (ARI).
+    link: https://www.rfc-editor.org/rfc/rfc9773
+"""
+
+EXAMPLES = r"""
+- name: Issue or renew the customers' certificates
+  mailops.linkcert.acme_http01_cert:
+    certificates:
+      - domain: links.customer.com
+      - domain: em.customer.com
+        alt_names: [click.em.customer.com]
+    account_email: certificates@esp.example
+    terms_agreed: true
+    webroot: /var/lib/linkcert/webroot
+    cert_root: /etc/linkcert/live
+    state_root: /var/lib/linkcert/state
+  register: certs
+
+- name: Against a private ACME server with its own CA
+  mailops.linkcert.acme_http01_cert:
+    certificates: "{{ linkcert_domains | map(attribute='name') | map('community.general.dict_kv', 'domain') }}"
+    acme_directory: https://acme.internal.example/directory
+    acme_ca_bundle: /etc/linkcert/acme-ca.pem
+    terms_agreed: true
+    webroot: /var/lib/linkcert/webroot
+    cert_root: /etc/linkcert/live
+    state_root: /var/lib/linkcert/state
+"""
+
+RETURN = r"""
+account_uri:
+  description: The ACME account URL (give it to M(mailops.linkcert.caa_check)'s O(mailops.linkcert.caa_check#module:account_uri)).
+  returned: when known
+  type: str
+ca_requests:
+  description: How many requests this run sent to the CA (0 when nothing was due).
+  returned: always
+  type: int
+results:
+  description: One entry per certificate, in the order given.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    domain:
+      description: The normalised main name.
+      type: str
+    names:
+      description: All names of the certificate.
+      type: list
+      elements: str
+    ssl_status:
+      description: C(issued) (a valid certificate is installed), C(pending) (verified but not issued yet, a retry follows) or
+        C(unknown) (never issued, for a reason the customer must fix).
+      type: str
+    label:
+      description: C(SSL Issued), C(SSL Pending) or C(SSL Unknown).
+      type: str
+    reason:
+      description: A machine code, for example C(issued), C(renewed), C(not_due), C(self_check_http_404), C(acme_rate_limited), C(rate_limit_guard), C(locked).
+      type: str
+    message:
+      description: What happened and what to do.
+      type: str
+    action:
+      description: C(issued), C(renewed), C(none) or C(failed).
+      type: str
+    changed:
+      description: Whether this certificate's files changed.
+      type: bool
+    serial:
+      description: The installed certificate's serial number (hex), or null.
+      type: str
+    issuer:
+      description: The installed certificate's issuer, or null.
+      type: str
+    not_before:
+      description: Start of validity (ISO 8601 UTC), or null.
+      type: str
+    not_after:
+      description: End of validity (ISO 8601 UTC), or null.
+      type: str
+    renew_after:
+      description: When renewal becomes due (ISO 8601 UTC), or null.
+      type: str
+    privkey:
+      description: Path of the private key.
+      type: str
+    cert:
+      description: Path of the certificate.
+      type: str
+    chain:
+      description: Path of the intermediate chain.
+      type: str
+    fullchain:
+      description: Path of certificate plus chain, for nginx's C(ssl_certificate).
+      type: str
+"""
+
+import os
+import re
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_client, _acme_run
+from ansible_collections.mailops.linkcert.plugins.module_utils._dnsrun import map_bounded
+from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError, LinkcertError
+from ansible_collections.mailops.linkcert.plugins.module_utils._names import normalize_domain
+from ansible_collections.mailops.linkcert.plugins.module_utils._resolver import make_resolver
+
+
+def _specs(certificates):
+    specs, seen = [], {}
+    for index, entry in enumerate(certificates, start=1):
+        where = "certificates[%d]" % index
+        domain = normalize_domain(entry["domain"], what="%s.domain" % where)
+        names = [domain]
+        for alt in entry.get("alt_names") or []:
+            name = normalize_domain(alt, what="%s.alt_names item" % where)
+            if name not in names:
+                names.append(name)
+        if domain in seen:
+            raise InputError("%s: %s is listed twice (also as certificates[%d])" % (where, domain, seen[domain]), item=domain)
+        seen[domain] = index
+        specs.append(_acme_run.CertSpec(domain, names))
+    return specs
+
+
+def _settings(module):
+    p = module.params
+    if not re.match(r"^https?://[^\s/]+", p["acme_directory"]):
+        raise InputError("acme_directory %r is not an http(s) URL" % p["acme_directory"], item=p["acme_directory"])
+    if p["acme_ca_bundle"] and not os.path.isfile(p["acme_ca_bundle"]):
+        raise InputError("acme_ca_bundle %s does not exist" % p["acme_ca_bundle"], item=p["acme_ca_bundle"])
+    for option in ("webroot", "cert_root", "state_root"):
+        if not os.path.isabs(p[option]):
+            raise InputError("%s must be an absolute path, got %r" % (option, p[option]), item=p[option])
+    if bool(p["eab_kid"]) != bool(p["eab_hmac_key"]):
+        raise InputError("give both eab_kid and eab_hmac_key, or neither", item="eab_kid")
+    renew_before = p["renew_before"].strip().lower()
+    if renew_before != "auto":
+        if not renew_before.isdigit() or not 0 < int(renew_before) < 3650:
+            raise InputError("renew_before must be 'auto' or a number of days, got %r" % p["renew_before"], item="renew_before")
+        renew_before = int(renew_before)
+    if not 0 < p["timeout"] <= 3600 or not 1 <= p["workers"] <= 64 or not 0 < p["challenge_port"] < 65536:
+        raise InputError("timeout must be in (0, 3600], workers in [1, 64], challenge_port in [1, 65535]", item="timeout")
+    return _acme_run.Settings(
+        directory_url=p["acme_directory"], ca_bundle=p["acme_ca_bundle"],
+        account_key=p["account_key"] or os.path.join(p["state_root"], "account.key"),
+        email=p["account_email"], terms_agreed=p["terms_agreed"],
+        eab=(p["eab_kid"], p["eab_hmac_key"]) if p["eab_kid"] else None,
+        webroot=p["webroot"], cert_root=p["cert_root"], state_root=p["state_root"],
+        key_type=p["key_type"], reuse_key=p["reuse_key"], renew_before=renew_before, profile=p["profile"],
+        self_check=p["self_check"], challenge_port=p["challenge_port"],
+        resolver=make_resolver(p["resolvers"], 5.0) if p["resolvers"] else None,
+        timeout=p["timeout"], force=p["force"], check_mode=module.check_mode,
+    )
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "certificates": {"type": "list", "elements": "dict", "required": True, "options": {
+                "domain": {"type": "str", "required": True},
+                "alt_names": {"type": "list", "elements": "str", "default": []},
+            }},
+            "acme_directory": {"type": "str", "default": "https://acme-v02.api.letsencrypt.org/directory"},
+            "acme_ca_bundle": {"type": "path"},
+            "account_key": {"type": "path", "no_log": False},
+            "account_email": {"type": "str"},
+            "terms_agreed": {"type": "bool", "default": False},
+            "eab_kid": {"type": "str"},
+            "eab_hmac_key": {"type": "str", "no_log": True},
+            "webroot": {"type": "path", "required": True},
+            "cert_root": {"type": "path", "required": True},
+            "state_root": {"type": "path", "required": True},
+            "key_type": {"type": "str", "default": "ec256", "choices": ["ec256", "ec384", "rsa2048", "rsa3072", "rsa4096"]},
+            "reuse_key": {"type": "bool", "default": False},
+            "renew_before": {"type": "str", "default": "auto"},
+            "profile": {"type": "str"},
+            "self_check": {"type": "bool", "default": True},
+            "challenge_port": {"type": "int", "default": 80},
+            "resolvers": {"type": "list", "elements": "str"},
+            "timeout": {"type": "float", "default": 120.0},
+            "workers": {"type": "int", "default": 8},
+            "force": {"type": "bool", "default": False},
+        },
+        supports_check_mode=True,
+    )
+    if not _acme_client.HAS_ACME:
+        module.fail_json(msg=missing_required_lib("acme"), exception=str(_acme_client.ACME_IMPORT_ERROR))
+    try:
+        specs = _specs(module.params["certificates"])
+        runner = _acme_run.Runner(_settings(module))
+        results = map_bounded(runner.process, specs, module.params["workers"])
+    except LinkcertError as exc:
+        exc.fail(module)
+    module.exit_json(changed=any(r["changed"] for r in results), results=results, account_uri=runner.account_uri,
+                     ca_requests=runner.ca_requests)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""acme_http01_cert against a second Pebble tuned for hard cases: short-lived certificates
+(renewal when due), half of all nonces rejected (badNonce storms), a blocklisted name."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+import time
+
+import labctl
+import pytest
+from labtools import BIN, REPO, ansible_env, run_module
+
+pytestmark = [pytest.mark.lab, pytest.mark.integration]
+
+ADDR = "127.0.0.1"
+VALIDITY = 16  # seconds: renewal is due when half of it is left
+
+
+@pytest.fixture(scope="module")
+def hard_lab(tmp_path_factory):
+    ports = dict(zip(labctl.PORT_KEYS, labctl.free_ports(len(labctl.PORT_KEYS), ADDR)))
+    lab = labctl.Lab(dir=tmp_path_factory.mktemp("hardlab"), addr=ADDR, ports=ports, nginx=True, timeout=30.0,
+                     cert_validity=VALIDITY, pebble_env={"PEBBLE_WFE_NONCEREJECT": "50"}, domain_blocklist=["blocked.hard.test"])
+    lab.start()
+    try:
+        yield lab
+    finally:
+        lab.stop()
+
+
+def module_args(lab, tmp_path, certificates, **extra):
+    env = lab.env()
+    args = {"certificates": certificates, "acme_directory": env["LINKCERT_LAB_ACME_DIRECTORY"], "acme_ca_bundle": env["LINKCERT_LAB_CA_BUNDLE"],
+            "terms_agreed": True, "webroot": env["LINKCERT_LAB_WEBROOT"], "cert_root": str(tmp_path / "live"),
+            "state_root": str(tmp_path / "state"), "challenge_port": int(env["LINKCERT_LAB_HTTP_PORT"]),
+            "resolvers": [env["LINKCERT_LAB_RESOLVER"]], "timeout": 60}
+    args.update(extra)
+    return args
+
+
+def test_renewal_when_due_under_nonce_storm(hard_lab, tmp_path):
+    hard_lab.dns_set("a", "short.hard.test", [hard_lab.addr])
+    args = module_args(hard_lab, tmp_path, [{"domain": "short.hard.test"}])
+    first = run_module("acme_http01_cert", args)
+    assert first.state == "CHANGED", first.stdout
+    issued = first.result["results"][0]
+    assert issued["action"] == "issued"
+    renew_after = datetime.datetime.fromisoformat(issued["renew_after"].replace("Z", "+00:00"))
+    not_after = datetime.datetime.fromisoformat(issued["not_after"].replace("Z", "+00:00"))
+    not_before = datetime.datetime.fromisoformat(issued["not_before"].replace("Z", "+00:00"))
+    assert abs((not_after - renew_after) - (not_after - not_before) / 2) < datetime.timedelta(seconds=1), "half the lifetime under 10 days"
+
+    early = run_module("acme_http01_cert", args)
+    assert early.result["changed"] is False and early.result["ca_requests"] == 0
+
+    wait = (renew_after - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    time.sleep(max(0.0, wait) + 0.5)
+    due = run_module("acme_http01_cert", args)
+    assert due.state == "CHANGED", due.stdout
+    renewed = due.result["results"][0]
+    assert renewed["action"] == "renewed" and renewed["serial"] != issued["serial"]
+    state = json.loads((tmp_path / "state" / "short.hard.test.json").read_text())
+    assert state["serial"] == renewed["serial"] and state["action"] == "renewed"
+
+
+def test_blocklisted_name_is_reported_not_fatal(hard_lab, tmp_path):
+    hard_lab.dns_set("a", "blocked.hard.test", [hard_lab.addr])
+    hard_lab.dns_set("a", "fine.hard.test", [hard_lab.addr])
+    run = run_module("acme_http01_cert", module_args(hard_lab, tmp_path, [{"domain": "blocked.hard.test"}, {"domain": "fine.hard.test"}]))
+    assert run.state == "CHANGED", run.stdout
+    by = run.by("domain")
+    blocked = by["blocked.hard.test"]
+    assert (blocked["ssl_status"], blocked["action"], blocked["reason"]) == ("unknown", "failed", "acme_rejected_identifier"), blocked
+    assert by["fine.hard.test"]["ssl_status"] == "issued"
+    assert not (tmp_path / "live" / "blocked.hard.test").exists()
+
+
+def test_two_runs_at_once_order_once(hard_lab, tmp_path):
+    hard_lab.dns_set("a", "race.hard.test", [hard_lab.addr])
+    args = module_args(hard_lab, tmp_path, [{"domain": "race.hard.test"}])
+    cmd = [str(BIN / "ansible"), "localhost", "-m", "mailops.linkcert.acme_http01_cert", "-a", json.dumps(args),
+           "-e", "ansible_python_interpreter=%s" % sys.executable, "-c", "local"]
+    env = ansible_env({"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+    procs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _run in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    actions = sorted(json.loads(out.split("=> ", 1)[1])["results"][0]["action"] for out in outputs)
+    assert actions == ["issued", "none"], outputs
+    versions = list((tmp_path / "live" / ".versions" / "race.hard.test").iterdir())
+    assert len(versions) == 1, "one order, one installed version"
