@@ -143,7 +143,13 @@ class Runner:
     # ------------------------------------------------------------- run
 
     def process(self, spec: CertSpec) -> t.Dict[str, t.Any]:
-        deadline = time.monotonic() + self.s.timeout
+        """Handle one certificate; the result carries ``duration_ms``, this certificate's own wall time."""
+        started = time.monotonic()
+        result = self._process(spec, started + self.s.timeout)
+        result["duration_ms"] = round((time.monotonic() - started) * 1000.0, 1)
+        return result
+
+    def _process(self, spec: CertSpec, deadline: float) -> t.Dict[str, t.Any]:
         base = {"domain": spec.domain, "names": spec.names, "changed": False}
         base.update(self.store.paths(spec.domain))
         if self.s.check_mode:  # reads only: no lock file is created

@@ -242,6 +242,9 @@ results:
     fullchain:
       description: Path of certificate plus chain, for nginx's C(ssl_certificate).
       type: str
+    duration_ms:
+      description: Wall time spent on this certificate (lock, decision, protocol, files), in milliseconds.
+      type: float
 """
 
 import os

@@ -25,8 +25,10 @@ NOWHERE = "127.0.0.9"
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[labctl.Lab]:
     """The lab (Pebble, pebble-challtestsrv, nginx) on free ports, for the whole session."""
     ports = dict(zip(labctl.PORT_KEYS, labctl.free_ports(len(labctl.PORT_KEYS), ADDR)))
+    # PEBBLE_AUTHZREUSE=0: every order validates afresh, so failure paths are deterministic
+    # (by default Pebble reuses half of the valid authorizations).
     instance = labctl.Lab(dir=tmp_path_factory.mktemp("lab"), addr=ADDR, ports=ports, nginx=True,
-                          default_ipv4=NOWHERE, timeout=30.0)
+                          default_ipv4=NOWHERE, timeout=30.0, pebble_env={"PEBBLE_AUTHZREUSE": "0"})
     instance.start()
     try:
         yield instance

@@ -10,11 +10,13 @@ import os
 import ssl
 import stat
 import subprocess
+import threading
 import urllib.request
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from labtools import run_module
 
@@ -116,7 +118,8 @@ def key_description(public_key):
     return "rsa:%d" % public_key.key_size
 
 
-@pytest.mark.parametrize("key_type,described", [("ec384", "ec:secp384r1"), ("rsa2048", "rsa:2048")])
+@pytest.mark.parametrize("key_type,described", [("ec256", "ec:secp256r1"), ("ec384", "ec:secp384r1"), ("rsa2048", "rsa:2048"),
+                                                ("rsa3072", "rsa:3072"), ("rsa4096", "rsa:4096")])
 def test_key_types_and_forced_renewal(lab, roots, key_type, described):
     name = "%s.acme.test" % key_type
     route(lab, name)
@@ -193,3 +196,58 @@ def test_failed_validation_guard_stops_ordering(lab, roots, tmp_path):
     assert held.result["ca_requests"] == 0 and result["retry_after"]
     state = json.loads((Path(roots["state"]) / "flaky.acme.test.json").read_text())
     assert len(state["failures"]) == 5
+
+
+def test_account_key_and_terms(lab, roots):
+    route(lab, "terms.acme.test")
+    refused = run_module("acme_http01_cert", args_for(lab, roots, [{"domain": "terms.acme.test"}], terms_agreed=False))
+    result = refused.result["results"][0]
+    assert (result["action"], result["reason"], result["ssl_status"]) == ("failed", "terms_not_agreed", "pending")
+    assert "terms of service" in result["message"]
+    agreed = run_module("acme_http01_cert", args_for(lab, roots, [{"domain": "terms.acme.test"}]))
+    assert agreed.state == "CHANGED"
+    key = Path(roots["state"]) / "account.key"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600 and b"PRIVATE KEY" in key.read_bytes()
+    assert key.read_bytes().decode() not in agreed.stdout
+
+
+def test_reuse_key_keeps_the_key_on_renewal(lab, roots):
+    route(lab, "reuse.acme.test")
+    args = args_for(lab, roots, [{"domain": "reuse.acme.test"}], reuse_key=True)
+    assert run_module("acme_http01_cert", args).state == "CHANGED"
+    live = Path(roots["live"]) / "reuse.acme.test"
+    key_before = (live / "privkey.pem").read_bytes()
+    assert run_module("acme_http01_cert", dict(args, force=True)).state == "CHANGED"
+    assert (live / "privkey.pem").read_bytes() == key_before
+    assert run_module("acme_http01_cert", dict(args, force=True, reuse_key=False)).state == "CHANGED"
+    assert (live / "privkey.pem").read_bytes() != key_before
+
+
+def test_pair_always_matches_during_forced_renewals(lab, roots):
+    route(lab, "swap.acme.test")
+    args = args_for(lab, roots, [{"domain": "swap.acme.test"}])
+    assert run_module("acme_http01_cert", args).state == "CHANGED"
+    live = Path(roots["live"]) / "swap.acme.test"
+    stop = threading.Event()
+    seen = {"reads": 0, "mismatches": 0, "serials": set()}
+
+    def watch():
+        while not stop.is_set():
+            current = Path(os.path.realpath(live))
+            key = serialization.load_pem_private_key((current / "privkey.pem").read_bytes(), None)
+            cert = x509.load_pem_x509_certificate((current / "fullchain.pem").read_bytes())
+            same = key.public_key().public_numbers() == cert.public_key().public_numbers()
+            seen["reads"] += 1
+            seen["mismatches"] += 0 if same else 1
+            seen["serials"].add(cert.serial_number)
+
+    reader = threading.Thread(target=watch)
+    reader.start()
+    try:
+        for _round in range(3):
+            assert run_module("acme_http01_cert", dict(args, force=True)).state == "CHANGED"
+    finally:
+        stop.set()
+        reader.join()
+    assert seen["mismatches"] == 0 and seen["reads"] > 10
+    assert len(seen["serials"]) >= 2, "the reader saw the switch happen"

@@ -1,8 +1,10 @@
 """acme_http01_cert against a second Pebble tuned for hard cases: short-lived certificates
-(renewal when due), half of all nonces rejected (badNonce storms), a blocklisted name."""
+(renewal when due), half of all nonces rejected (badNonce storms), a blocklisted name, and
+external account binding required."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import subprocess
@@ -17,13 +19,16 @@ pytestmark = [pytest.mark.lab, pytest.mark.integration]
 
 ADDR = "127.0.0.1"
 VALIDITY = 16  # seconds: renewal is due when half of it is left
+EAB_KID = "linkcert-lab"
+EAB_HMAC = base64.urlsafe_b64encode(b"linkcert lab external account k").decode().rstrip("=")
 
 
 @pytest.fixture(scope="module")
 def hard_lab(tmp_path_factory):
     ports = dict(zip(labctl.PORT_KEYS, labctl.free_ports(len(labctl.PORT_KEYS), ADDR)))
     lab = labctl.Lab(dir=tmp_path_factory.mktemp("hardlab"), addr=ADDR, ports=ports, nginx=True, timeout=30.0,
-                     cert_validity=VALIDITY, pebble_env={"PEBBLE_WFE_NONCEREJECT": "50"}, domain_blocklist=["blocked.hard.test"])
+                     cert_validity=VALIDITY, eab={EAB_KID: EAB_HMAC}, domain_blocklist=["blocked.hard.test"],
+                     pebble_env={"PEBBLE_WFE_NONCEREJECT": "50", "PEBBLE_AUTHZREUSE": "0"})
     lab.start()
     try:
         yield lab
@@ -36,7 +41,7 @@ def module_args(lab, tmp_path, certificates, **extra):
     args = {"certificates": certificates, "acme_directory": env["LINKCERT_LAB_ACME_DIRECTORY"], "acme_ca_bundle": env["LINKCERT_LAB_CA_BUNDLE"],
             "terms_agreed": True, "webroot": env["LINKCERT_LAB_WEBROOT"], "cert_root": str(tmp_path / "live"),
             "state_root": str(tmp_path / "state"), "challenge_port": int(env["LINKCERT_LAB_HTTP_PORT"]),
-            "resolvers": [env["LINKCERT_LAB_RESOLVER"]], "timeout": 60}
+            "resolvers": [env["LINKCERT_LAB_RESOLVER"]], "timeout": 60, "eab_kid": EAB_KID, "eab_hmac_key": EAB_HMAC}
     args.update(extra)
     return args
 
@@ -90,3 +95,14 @@ def test_two_runs_at_once_order_once(hard_lab, tmp_path):
     assert actions == ["issued", "none"], outputs
     versions = list((tmp_path / "live" / ".versions" / "race.hard.test").iterdir())
     assert len(versions) == 1, "one order, one installed version"
+
+
+def test_external_account_binding(hard_lab, tmp_path):
+    hard_lab.dns_set("a", "eab.hard.test", [hard_lab.addr])
+    args = module_args(hard_lab, tmp_path, [{"domain": "eab.hard.test"}])
+    without = {k: v for k, v in args.items() if not k.startswith("eab_")}
+    refused = run_module("acme_http01_cert", without)
+    assert refused.result["results"][0]["reason"] == "eab_required"
+    bound = run_module("acme_http01_cert", args)
+    assert bound.state == "CHANGED" and bound.result["results"][0]["action"] == "issued"
+    assert EAB_HMAC not in bound.stdout + bound.stderr + refused.stdout

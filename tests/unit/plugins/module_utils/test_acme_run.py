@@ -1,0 +1,141 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) linkcert contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The per-certificate flow against a scripted CA that offers ARI and profiles (the lab's Pebble 2.4 offers neither).
+
+The directory is the recorded Let's Encrypt one; the CA object only hands out orders and signs CSRs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_renewal as renewal
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_client import AcmeProblem
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_run import CertSpec, Runner, Settings
+
+DATA = Path(__file__).parent / "data" / "ari"
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+class ScriptedCA:
+    """Enough of AcmeClient for Runner: orders with no pending authorizations, real signatures."""
+
+    def __init__(self):
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Scripted CA")])
+        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
+                     .serial_number(x509.random_serial_number()).not_valid_before(NOW - datetime.timedelta(days=1))
+                     .not_valid_after(NOW + datetime.timedelta(days=3650))
+                     .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
+                     .sign(self.key, hashes.SHA256()))
+        self.orders = []
+        self.ari_calls = 0
+        self.window = (NOW + datetime.timedelta(days=50), NOW + datetime.timedelta(days=52))
+        self.already_replaced_once = False
+        self.requests = 0
+        self.account_uri = "https://ca.example/acct/1"
+        self.csr = None
+
+    def new_order(self, names, deadline, replaces=None, profile=None):
+        self.orders.append({"names": list(names), "replaces": replaces, "profile": profile})
+        if replaces and self.already_replaced_once:
+            self.already_replaced_once = False
+            raise AcmeProblem("already replaced", "alreadyReplaced")
+        return "https://ca.example/order/%d" % len(self.orders), {"status": "ready", "authorizations": [], "finalize": "https://ca.example/fin"}
+
+    def wait_valid(self, url, deadline, item, pending=("pending", "processing")):
+        if pending == ("pending",):
+            return {"status": "ready", "finalize": "https://ca.example/fin"}
+        return {"status": "valid", "certificate": "https://ca.example/cert"}
+
+    def finalize(self, url, csr_pem, deadline, item):
+        self.csr = x509.load_pem_x509_csr(csr_pem)
+
+    def download(self, url, deadline, item):
+        san = self.csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        leaf = (x509.CertificateBuilder().subject_name(self.csr.subject).issuer_name(self.cert.subject)
+                .public_key(self.csr.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(NOW - datetime.timedelta(hours=1)).not_valid_after(NOW + datetime.timedelta(days=90))
+                .add_extension(san, critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+                .sign(self.key, hashes.SHA256()))
+        return leaf.public_bytes(serialization.Encoding.PEM) + self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def renewal_info(self, cert_id, deadline, item):
+        self.ari_calls += 1
+        start, end = self.window
+        return {"suggestedWindow": {"start": renewal.iso(start), "end": renewal.iso(end)}}, "21600"
+
+
+def make_runner(tmp_path, ca, check_mode=False, profile="tlsserver", force=False):
+    settings = Settings(directory_url="https://ca.example/dir", ca_bundle=None, account_key=str(tmp_path / "state" / "account.key"),
+                        email=None, terms_agreed=True, eab=None, webroot=str(tmp_path / "webroot"), cert_root=str(tmp_path / "live"),
+                        state_root=str(tmp_path / "state"), key_type="ec256", reuse_key=False, renew_before="auto", profile=profile,
+                        self_check=False, challenge_port=80, resolver=None, timeout=30.0, force=force, check_mode=check_mode)
+    runner = Runner(settings)
+    runner._client = ca
+    runner._account_record = {"features": renewal.directory_features(json.loads((DATA / "directory_letsencrypt.json").read_text()))}
+    return runner
+
+
+SPEC = CertSpec("links.customer.example", ["links.customer.example"])
+
+
+def test_ari_renewal_sends_replaces_and_falls_back_when_already_replaced(tmp_path):
+    ca = ScriptedCA()
+    first = make_runner(tmp_path, ca).process(SPEC)
+    assert first["action"] == "issued" and ca.orders[-1] == {"names": ["links.customer.example"], "replaces": None, "profile": "tlsserver"}
+
+    quiet = make_runner(tmp_path, ca).process(SPEC)
+    assert quiet["action"] == "none" and quiet["reason"] == "not_due" and ca.ari_calls == 1
+    again = make_runner(tmp_path, ca).process(SPEC)
+    assert again["action"] == "none" and ca.ari_calls == 1, "the ARI answer is cached until its Retry-After"
+    assert again["renew_after"] == quiet["renew_after"]
+    renew_at = datetime.datetime.fromisoformat(quiet["renew_after"].replace("Z", "+00:00"))
+    assert ca.window[0] <= renew_at < ca.window[1]
+
+    state_path = tmp_path / "state" / "links.customer.example.json"
+    state = json.loads(state_path.read_text())
+    state["ari"]["retry_after"] = renewal.iso(NOW - datetime.timedelta(minutes=1))
+    state_path.write_text(json.dumps(state))
+    ca.window = (NOW - datetime.timedelta(days=2), NOW - datetime.timedelta(days=1))
+    ca.already_replaced_once = True
+    installed = renewal.cert_info((tmp_path / "live" / "links.customer.example" / "cert.pem").read_bytes())
+    renewed = make_runner(tmp_path, ca).process(SPEC)
+    assert renewed["action"] == "renewed" and renewed["reason"] == "renewed"
+    assert [o["replaces"] for o in ca.orders[-2:]] == [installed.ari_cert_id, None]
+    assert ca.ari_calls == 2
+
+
+def test_check_mode_asks_nothing_and_writes_nothing(tmp_path):
+    ca = ScriptedCA()
+    result = make_runner(tmp_path, ca, check_mode=True).process(SPEC)
+    assert (result["action"], result["changed"]) == ("issued", True)
+    assert ca.orders == [] and ca.ari_calls == 0
+    assert not (tmp_path / "state").exists() and not (tmp_path / "live").exists()
+
+
+def test_profile_the_ca_does_not_offer(tmp_path):
+    ca = ScriptedCA()
+    result = make_runner(tmp_path, ca, profile="nonexistent").process(SPEC)
+    assert (result["action"], result["reason"], result["ssl_status"]) == ("failed", "profile_unknown", "pending")
+    assert ca.orders == []
+    assert "tlsserver" in result["message"]
+
+
+def test_names_changed_renews_without_replaces(tmp_path):
+    ca = ScriptedCA()
+    make_runner(tmp_path, ca).process(SPEC)
+    wider = CertSpec(SPEC.domain, SPEC.names + ["www.customer.example"])
+    result = make_runner(tmp_path, ca).process(wider)
+    assert result["action"] == "renewed" and ca.orders[-1]["replaces"] is None
+    assert ca.orders[-1]["names"] == ["links.customer.example", "www.customer.example"]
