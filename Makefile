@@ -14,7 +14,7 @@ export LINKCERT_LAB_HTTP_PORT ?= 80
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.work/collections
 export ANSIBLE_HOME := $(ROOT)/.work/ansible-home
 
-.PHONY: help deps demo lab-start lab-stop lab-status test units integration lint sanity build bench clean
+.PHONY: help deps demo lab-start lab-stop lab-status test units integration molecule lint sanity build bench clean
 
 help:
 	@echo "make demo   - install what is needed, start the local lab, onboard the example domains, print the status table"
@@ -45,7 +45,7 @@ demo: lab-start
 # the exit status says whether any step failed.
 test: deps
 	@status=0; \
-	for step in lint sanity build units integration; do \
+	for step in lint sanity build molecule units integration; do \
 	  echo "=== $$step ==="; \
 	  $(MAKE) --no-print-directory $$step || { echo "=== $$step FAILED ==="; status=1; }; \
 	done; \
@@ -59,6 +59,10 @@ units:
 integration:
 	$(PY311)/python -m pytest tests/lab -q
 	$(PY313)/python -m pytest tests/lab -q
+
+# Roles on a real Debian 12 host (systemd as PID 1, booted with systemd-nspawn, reached over SSH).
+molecule:
+	cd $(ROOT) && PATH=$(PY313):$$PATH molecule test -s default
 
 lint:
 	cd $(ROOT) && PATH=$(PY313):$$PATH ansible-lint --profile production

@@ -73,6 +73,20 @@ PathLike = Union[str, "os.PathLike[str]"]
 NOWHERE_IPV4 = "127.0.0.9"
 
 
+def _read_env_file(path: Path) -> Dict[str, str]:
+    """KEY=value lines of a lab.env written earlier; {} when there is none."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip():
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
 class LabError(RuntimeError):
     """A lab operation failed; the message is meant for humans."""
 
@@ -459,10 +473,18 @@ class Lab:
     def from_env(cls, env: Mapping[str, str]) -> "Lab":
         """Build a lab from ``LINKCERT_LAB_*`` / ``PEBBLE_*`` variables in ``env``."""
         addr = env.get("LINKCERT_LAB_ADDR", "").strip() or "127.0.0.1"
-        ports = {key: int(_env_number(env, var, DEFAULT_PORTS[key])) for key, var in PORT_ENV.items()}
+        lab_dir = Path(env.get("LINKCERT_LAB_DIR", "").strip() or REPO_DIR / ".lab")
+        # A port set to "auto" is a free one, chosen at the first start and read back from lab.env afterwards.
+        recorded = _read_env_file(lab_dir / "lab.env")
+        ports = {}
+        for key, var in PORT_ENV.items():
+            if env.get(var, "").strip().lower() == "auto":
+                ports[key] = int(recorded[var]) if recorded.get(var, "").isdigit() else free_port(addr)
+            else:
+                ports[key] = int(_env_number(env, var, DEFAULT_PORTS[key]))
         pebble_env = {key: val for key, val in env.items() if key.startswith("PEBBLE_")}
         return cls(
-            dir=env.get("LINKCERT_LAB_DIR", "").strip() or REPO_DIR / ".lab",
+            dir=lab_dir,
             addr=addr,
             ports=ports,
             extra_addrs=[a.strip() for a in env.get("LINKCERT_LAB_EXTRA_ADDRS", "").split(",") if a.strip()],
@@ -737,6 +759,7 @@ class Lab:
                 self._stop_service(name)
             raise
         _write_file(self.env_file, self.env_text())
+        _write_file(self.dir / "lab.json", json.dumps(self.env(), indent=2, sort_keys=True) + "\n")
         return started
 
     def _check_ports(self, specs: Sequence[_Spec]) -> None:

@@ -18,7 +18,10 @@ sed -n "s/.*pip='\([0-9.]*\)'.*/\1/p" "$VENV"/lib/python*/site-packages/ansible_
 
 rm -rf "$DEST"
 mkdir -p "$DEST"
-git ls-files -z --cached --others --exclude-standard | (cd . && xargs -0 cp --parents -t "$DEST")
+# Tracked and new files as they are in the work tree (a file deleted but not yet committed is skipped).
+git ls-files -z --cached --others --exclude-standard |
+  while IFS= read -r -d '' file; do [ -e "$file" ] && printf '%s\0' "$file"; done |
+  xargs -0 cp --parents -t "$DEST"
 cd "$DEST"
 git init -q . && git add -A >/dev/null   # ansible-test lists the collection's files through git
 export PATH=$OLDPWD/$VENV/bin:$PATH

@@ -12,10 +12,10 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.mailops.linkcert.plugins.module_utils import _status
 
 
-def ssl_status(domains, verify_results=None, caa_results=None):
+def ssl_status(domains, verify_results=None, caa_results=None, acme_results=None):
     if not isinstance(domains, list):
         raise AnsibleFilterError("ssl_status expects a list of domains, got %s" % type(domains).__name__)
-    return _status.statuses(domains, verify_results, caa_results)
+    return _status.statuses(domains, verify_results, caa_results, acme_results)
 
 
 def status_table(entries):
@@ -30,8 +30,14 @@ def verify_input(domains, edge_cname=None):
     return _status.verify_input(domains, edge_cname)
 
 
+def acme_input(domains, verify_results, caa_results=None):
+    if not isinstance(domains, list) or not isinstance(verify_results, list) or len(domains) != len(verify_results):
+        raise AnsibleFilterError("acme_input expects linkcert_domains and sending_domain_verify's results for the same domains")
+    return _status.acme_input(domains, verify_results, caa_results)
+
+
 class FilterModule:
     """linkcert status filters."""
 
     def filters(self):
-        return {"ssl_status": ssl_status, "status_table": status_table, "verify_input": verify_input}
+        return {"ssl_status": ssl_status, "status_table": status_table, "verify_input": verify_input, "acme_input": acme_input}

@@ -277,10 +277,12 @@ class AcmeClient:
             interval = min(interval * 1.6, 2.0)
 
     def finalize(self, finalize_url: str, csr_pem: bytes, deadline: float, item: str) -> None:
-        """Send the CSR (RFC 8555 7.4)."""
+        """Send the CSR (RFC 8555 7.4) as base64url DER, built here so any acme library version works."""
         from cryptography import x509  # imported here: only needed once per issuance
+        from cryptography.hazmat.primitives import serialization
 
-        request = messages.CertificateRequest(csr=x509.load_pem_x509_csr(csr_pem))
+        der = x509.load_pem_x509_csr(csr_pem).public_bytes(serialization.Encoding.DER)
+        request = _RawJSON({"csr": jose.b64.b64encode(der).decode("ascii")})
         self._call("finalizing the order", lambda: self._post(finalize_url, request, deadline=deadline), deadline, item)
 
     def download(self, certificate_url: str, deadline: float, item: str) -> bytes:

@@ -31,13 +31,17 @@ try:
     import dns.flags
     import dns.message
     import dns.name
-    import dns.nameserver
     import dns.query
     import dns.rcode
     import dns.rdatatype
     import dns.resolver
     HAS_DNSPYTHON = True
     DNSPYTHON_IMPORT_ERROR: t.Optional[BaseException] = None
+    try:
+        import dns.nameserver  # dnspython 2.4+: one port per server
+        HAS_NAMESERVER_OBJECTS = True
+    except ImportError:  # dnspython 2.3 (Debian 12): nameserver_ports
+        HAS_NAMESERVER_OBJECTS = False
 except ImportError as exc:  # pragma: no cover - reported by the module
     HAS_DNSPYTHON = False
     DNSPYTHON_IMPORT_ERROR = exc
@@ -199,7 +203,11 @@ class RecursiveView(View):
                  retries: int = 2, cache: bool = True) -> None:
         if servers:
             resolver = dns.resolver.Resolver(configure=False)
-            resolver.nameservers = [dns.nameserver.Do53Nameserver(addr, port) for addr, port in servers]
+            if HAS_NAMESERVER_OBJECTS:
+                resolver.nameservers = [dns.nameserver.Do53Nameserver(addr, port) for addr, port in servers]
+            else:
+                resolver.nameservers = [server[0] for server in servers]
+                resolver.nameserver_ports = dict(servers)
             self.label = ", ".join(_fmt_server(addr, port) for addr, port in servers)
         else:
             resolver = dns.resolver.Resolver(configure=True)

@@ -47,6 +47,17 @@ def verify_input(domains: t.Sequence[t.Mapping[str, t.Any]], edge_cname: t.Optio
     return result
 
 
+def acme_input(domains: t.Sequence[t.Mapping[str, t.Any]], verify_results: t.Sequence[t.Mapping[str, t.Any]],
+               caa_results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]]) -> t.List[t.Dict[str, t.Any]]:
+    """The certificates to hand to acme_http01_cert: domains that route to the edge and whose CAA allows issuance."""
+    allowed = {str(r["domain"]) for r in (caa_results or []) if r.get("allowed")}
+    ready = [r["name"] for r in verify_results if r.get("ssl_ready") and r["name"] in allowed]
+    alt = {}
+    for entry, result in zip(domains, verify_results):
+        alt[result["name"]] = list(entry.get("alt_names") or []) if isinstance(entry, dict) else []
+    return [{"domain": name, "alt_names": alt.get(name, [])} for name in ready]
+
+
 def _index(results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]], key: str) -> t.Dict[str, t.Mapping[str, t.Any]]:
     return {str(r[key]): r for r in (results or [])}
 
@@ -83,14 +94,32 @@ def domain_status(name: str, verify: t.Optional[t.Mapping[str, t.Any]], caa: t.O
     return status_entry(name, PENDING, "awaiting_issuance", message, None, **extra)
 
 
+CERT_FIELDS = ("action", "serial", "issuer", "not_before", "not_after", "renew_after", "privkey", "cert", "chain", "fullchain", "names")
+
+
 def statuses(domains: t.Sequence[t.Any], verify_results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]],
-             caa_results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]]) -> t.List[t.Dict[str, t.Any]]:
-    """One status per domain (names as the modules normalised them), in the given order."""
+             caa_results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]],
+             acme_results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]] = None) -> t.List[t.Dict[str, t.Any]]:
+    """One status per domain (names as the modules normalised them), in the given order.
+
+    A domain the ACME module handled takes its status from there (with the DNS findings
+    kept alongside); the others are worded from their DNS and CAA results.
+    """
     by_name = _index(verify_results, "name")
     by_domain = _index(caa_results, "domain")
+    by_cert = _index(acme_results, "domain")
     names = [d["name"] if isinstance(d, dict) else d for d in domains]
     ordered = [r["name"] for r in (verify_results or [])] or [str(n) for n in names]
-    return [domain_status(name, by_name.get(name), by_domain.get(name)) for name in ordered]
+    result = []
+    for name in ordered:
+        entry = domain_status(name, by_name.get(name), by_domain.get(name))
+        cert = by_cert.get(name)
+        if cert is not None:
+            entry.update(status_entry(name, cert["ssl_status"], cert["reason"], cert["message"], cert.get("remediation"),
+                                      dns_verified=entry["dns_verified"], dns_issues=entry["dns_issues"]))
+            entry.update({key: cert.get(key) for key in CERT_FIELDS})
+        result.append(entry)
+    return result
 
 
 def table(entries: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:

@@ -59,3 +59,21 @@ def test_verify_input_defaults_edge():
                                 {"name": "x.c.com", "cname": "own.edge"}], "edge.esp")
     assert got == [{"name": "l.c.com", "kind": "tracking", "cname": "edge.esp"}, {"name": "em.c.com", "dmarc": "none"},
                    {"name": "x.c.com", "cname": "own.edge"}]
+
+
+def test_acme_result_takes_precedence():
+    acme = [{"domain": "a.c.com", "ssl_status": "issued", "label": "SSL Issued", "reason": "issued", "message": "Issued.",
+             "action": "issued", "serial": "0a", "not_after": "2027-02-21T00:00:00Z", "fullchain": "/x/fullchain.pem"}]
+    entries = _status.statuses([{"name": "a.c.com"}, {"name": "b.c.com"}], [verify("a.c.com", others=[("spf", "missing")]), verify("b.c.com", "missing")],
+                               [{"domain": "a.c.com", "allowed": True}], acme)
+    assert (entries[0]["label"], entries[0]["serial"], entries[0]["fullchain"]) == ("SSL Issued", "0a", "/x/fullchain.pem")
+    assert entries[0]["dns_issues"][0]["check"] == "spf"
+    assert (entries[1]["label"], entries[1]["reason"]) == ("SSL Unknown", "dns_not_ready")
+    assert _status.table(entries)[1] == "a.c.com  SSL Issued   expires 2027-02-21"
+
+
+def test_acme_input_keeps_ready_and_allowed():
+    domains = [{"name": "A.c.com", "alt_names": ["www.a.c.com"]}, {"name": "b.c.com"}, {"name": "c.c.com"}]
+    ver = [verify("a.c.com"), verify("b.c.com"), verify("c.c.com", "mismatch")]
+    caa = [{"domain": "a.c.com", "allowed": True}, {"domain": "b.c.com", "allowed": False}]
+    assert _status.acme_input(domains, ver, caa) == [{"domain": "a.c.com", "alt_names": ["www.a.c.com"]}]

@@ -1,0 +1,765 @@
+"""Disposable Debian 12 test hosts with systemd as PID 1, for molecule and integration tests.
+
+Usage (as root, Python 3.11 standard library only)::
+
+    testhost.py root                 build (once) the cached debootstrap root
+    testhost.py up NAME              copy the root, boot it with systemd-nspawn, wait for systemd and sshd
+    testhost.py down NAME            power it off, remove its network namespace, veth and directory (idempotent)
+    testhost.py status NAME          show state and addresses (exit 3 unless running)
+    testhost.py exec NAME -- CMD...  run CMD inside the host (nsenter into all its namespaces)
+    testhost.py inventory NAME       print a YAML inventory host entry for Ansible
+
+How an instance is wired:
+
+* The cached root lives at ``<base>/root-bookworm`` (``<base>`` is ``.work/testhost`` of the
+  repository, or ``$LINKCERT_TESTHOST_DIR``). It is built into a temporary directory and renamed
+  into place only when complete; ``/etc/linkcert-testhost.json`` inside it records the suite and
+  package list, and a root whose record differs from :data:`PACKAGES` is rebuilt.
+* ``up NAME`` copies it to ``<base>/NAME/root``, creates the network namespace ``lc-NAME`` and a
+  veth pair: ``lch-...`` (at most 15 characters) with ``198.18.X.1/30`` in the host's namespace,
+  ``eth0`` with ``198.18.X.2/30`` and a default route via ``198.18.X.1`` inside ``lc-NAME``.
+  The addresses are configured before boot, so the guest needs no network manager.
+  ``systemd-nspawn --boot --register=no --keep-unit --network-namespace-path=/run/netns/lc-NAME``
+  then boots the copy in its own session; its PID is in ``<base>/NAME/nspawn.pid`` and its console
+  output in ``<base>/NAME/console.log``.
+* The container's init is found among the descendants of the nspawn PID (parent links read from
+  ``/proc/*/stat``): it is the one whose ``NSpid:`` line in ``/proc/PID/status`` ends in ``1``,
+  i.e. PID 1 of the container's PID namespace. ``exec``, ``down`` and the readiness checks use
+  ``nsenter -t <that PID> -a``.
+* Host services the guest needs (the lab's Pebble and DNS) can listen on ``198.18.X.1``
+  (``linkcert_lab_host_addr`` in ``status``/``inventory``), e.g. through labctl's ``extra_addrs``.
+
+Never boot systemd on this machine's own root: only on the copied root under ``<base>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+SUITE = "bookworm"
+VARIANT = "minbase"
+#: Everything the roles and tests need, baked in: the test hosts have no route to a registry.
+#: python3-apt lets ansible.builtin.apt check (not install) packages without network access.
+#: python3-cffi-backend is named because debootstrap does not resolve virtual packages
+#: (python3-cryptography depends on python3-cffi-backend-api-min/-max, which it provides).
+PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "python3", "openssh-server", "iproute2", "nginx",
+    "ca-certificates", "openssl", "python3-acme", "python3-josepy", "python3-cryptography",
+    "python3-cffi-backend", "python3-dnspython", "python3-idna", "python3-requests", "python3-apt",
+    "curl", "procps",
+)
+#: Bump when the post-debootstrap configuration below changes, so cached roots are rebuilt.
+ROOT_CONFIG_VERSION = 1
+#: Units that have nothing to do in a throw-away container, or that would reach for the network.
+MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "systemd-networkd-wait-online.service",
+                "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer")
+STAMP_IN_ROOT = "etc/linkcert-testhost.json"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+NET_POOL = ipaddress.ip_network("198.18.0.0/15")
+#: Instance subnets are 198.18.X.0/30 (X = 1..255), then 198.19.X.0/30: one /30 per /24 keeps the
+#: addresses readable. Index 0 (198.18.0.0/30) is left to hand-made experiments.
+NET_INDEXES = range(1, 512)
+IFNAMSIZ = 15
+GUEST_IF = "eth0"
+
+BOOT_TIMEOUT = float(os.environ.get("LINKCERT_TESTHOST_BOOT_TIMEOUT", "90"))
+STOP_TIMEOUT = float(os.environ.get("LINKCERT_TESTHOST_STOP_TIMEOUT", "60"))
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SSH_OPTIONS = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null")
+
+
+class TestHostError(RuntimeError):
+    """A test host operation failed; the message is meant for humans."""
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _log(message: str) -> None:
+    print(f"testhost: {message}", file=sys.stderr, flush=True)
+
+
+def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 120.0, capture: bool = True,
+         env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """Run a command; on failure raise :class:`TestHostError` with its output."""
+    try:
+        proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=capture, text=True,
+                              timeout=timeout, check=False, env=env)
+    except FileNotFoundError:
+        raise TestHostError(f"{argv[0]} not found; install it (scripts/bootstrap.sh installs debootstrap, "
+                            f"systemd-container and iproute2)") from None
+    except subprocess.TimeoutExpired:
+        raise TestHostError(f"{shlex.join(argv)} did not finish within {timeout:g}s") from None
+    if check and proc.returncode != 0:
+        out = ((proc.stdout or "") + (proc.stderr or "")).strip()
+        raise TestHostError(f"{shlex.join(argv)} failed with status {proc.returncode}" + (f":\n{out}" if out else ""))
+    return proc
+
+
+def base_dir() -> Path:
+    """Directory holding the cached root and the instances."""
+    return Path(os.environ.get("LINKCERT_TESTHOST_DIR") or REPO_DIR / ".work" / "testhost").resolve()
+
+
+def root_dir() -> Path:
+    return base_dir() / f"root-{SUITE}"
+
+
+def instance_dir(name: str) -> Path:
+    return base_dir() / name
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name) or name.startswith(("root-", "debcache")):
+        raise TestHostError(f"invalid instance name {name!r}: use 1-40 lower-case letters, digits and dashes")
+    return name
+
+
+def netns_name(name: str) -> str:
+    return f"lc-{name}"
+
+
+def host_ifname(name: str) -> str:
+    """``lch-NAME``, or for long names a prefix plus a hash, so two names never share a veth."""
+    full = f"lch-{name}"
+    if len(full) <= IFNAMSIZ:
+        return full
+    digest = hashlib.sha1(name.encode()).hexdigest()[:4]
+    return f"lch-{name[:IFNAMSIZ - 9].rstrip('-')}-{digest}"
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Serialise root builds, copies and address allocation between concurrent invocations."""
+    base = base_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _mounts_under(path: Path) -> List[str]:
+    """Mount points at or below ``path`` (deepest first)."""
+    prefix = str(path.resolve())
+    found = []
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return sorted(found, key=len, reverse=True)
+
+
+def _safe_rmtree(path: Path) -> None:
+    """Remove a directory tree, first unmounting anything mounted inside it (debootstrap mounts /proc)."""
+    if not path.exists() and not path.is_symlink():
+        return
+    for point in _mounts_under(path):
+        _run(["umount", "--lazy", point], check=False)
+    left = _mounts_under(path)
+    if left:
+        raise TestHostError(f"refusing to delete {path}: still mounted: {', '.join(left)}")
+    shutil.rmtree(path)
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    if path.is_symlink():
+        path.unlink()  # e.g. /etc/resolv.conf: never write through a symlink of the guest
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- the cached root
+
+
+def _stamp() -> Dict[str, object]:
+    return {"suite": SUITE, "variant": VARIANT, "packages": sorted(PACKAGES), "config_version": ROOT_CONFIG_VERSION}
+
+
+def root_is_current(root: Optional[Path] = None) -> bool:
+    root = root or root_dir()
+    try:
+        recorded = json.loads((root / STAMP_IN_ROOT).read_text())
+    except (OSError, ValueError):
+        return False
+    return {key: recorded.get(key) for key in _stamp()} == _stamp()
+
+
+def _apt_sources() -> List[Dict[str, List[str]]]:
+    """Entries of the machine's apt sources as ``{uris, suites, components, signed_by}`` lists."""
+    entries: List[Dict[str, List[str]]] = []
+    listing = [Path("/etc/apt/sources.list")] + sorted(Path("/etc/apt/sources.list.d").glob("*"))
+    for path in listing:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if path.name.endswith(".sources"):
+            for stanza in re.split(r"\n\s*\n", text):
+                fields: Dict[str, str] = {}
+                for line in stanza.splitlines():
+                    if line.startswith("#") or ":" not in line or line[:1].isspace():
+                        continue
+                    key, _sep, value = line.partition(":")
+                    fields[key.strip().lower()] = value.strip()
+                if fields.get("enabled", "yes").lower() == "no" or "deb" not in fields.get("types", "").split():
+                    continue
+                entries.append({"uris": fields.get("uris", "").split(), "suites": fields.get("suites", "").split(),
+                                "components": fields.get("components", "").split(),
+                                "signed_by": fields.get("signed-by", "").split()})
+        elif path.name.endswith(".list") or path == listing[0]:
+            for line in text.splitlines():
+                words = re.sub(r"\[[^\]]*\]", "", line.split("#", 1)[0]).split()
+                if len(words) >= 3 and words[0] == "deb":
+                    options = re.search(r"signed-by=(\S+?)[\s\]]", line)
+                    entries.append({"uris": [words[1]], "suites": [words[2]], "components": words[3:],
+                                    "signed_by": [options.group(1)] if options else []})
+    return entries
+
+
+def find_mirror() -> Dict[str, Optional[str]]:
+    """The Debian mirror (and keyring) this machine's apt uses for the suite."""
+    override = os.environ.get("LINKCERT_TESTHOST_MIRROR", "").strip()
+    if override:
+        return {"uri": override, "keyring": None}
+    for entry in _apt_sources():
+        if SUITE in entry["suites"] and "main" in entry["components"] and entry["uris"]:
+            keyring = next((k for k in entry["signed_by"] if k.startswith("/") and os.path.exists(k)), None)
+            return {"uri": entry["uris"][0], "keyring": keyring}
+    return {"uri": DEFAULT_MIRROR, "keyring": None}
+
+
+def _configure_root(root: Path) -> None:
+    """Settings every instance shares (per-instance ones are set by :func:`_prepare_instance_root`)."""
+    _write(root / "etc/hostname", "testhost\n")
+    _run(["systemctl", f"--root={root}", "enable", "ssh.service"])
+    for unit in MASKED_UNITS:
+        link = root / "etc/systemd/system" / unit
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to("/dev/null")
+    # Host keys and the machine id are made per instance; an empty policy-rc.d leftover is removed.
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    _write(root / "etc/machine-id", "")
+    with contextlib.suppress(FileNotFoundError):
+        (root / "usr/sbin/policy-rc.d").unlink()
+    _write(root / STAMP_IN_ROOT, json.dumps(_stamp(), indent=2) + "\n")
+
+
+def ensure_root(force: bool = False) -> Path:
+    """Build the cached root unless a current one exists; return its path. Call with the lock held."""
+    root = root_dir()
+    if not force and root_is_current(root):
+        return root
+    if shutil.which("debootstrap") is None and not os.path.exists("/usr/sbin/debootstrap"):
+        raise TestHostError("debootstrap is not installed (apt-get install debootstrap)")
+    base = base_dir()
+    for stale in base.glob(f"{root.name}.tmp-*"):
+        _safe_rmtree(stale)
+    tmp = base / f"{root.name}.tmp-{os.getpid()}"
+    mirror = find_mirror()
+    cache = base / "debcache"
+    cache.mkdir(parents=True, exist_ok=True)
+    argv = ["debootstrap", f"--variant={VARIANT}", f"--include={','.join(PACKAGES)}", f"--cache-dir={cache}"]
+    if mirror["keyring"]:
+        argv.append(f"--keyring={mirror['keyring']}")
+    argv += [SUITE, str(tmp), str(mirror["uri"])]
+    _log(f"building the {SUITE} root at {root} from {mirror['uri']} (takes about a minute)")
+    log = base / "debootstrap.log"
+    started = time.monotonic()
+    try:
+        with open(log, "w") as handle:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                  check=False, timeout=1800, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if proc.returncode != 0:
+            inner = tmp / "debootstrap" / "debootstrap.log"
+            if inner.exists():  # the detailed log lives inside the half-built root, which is deleted
+                with open(log, "a") as handle:
+                    handle.write(f"\n--- {inner} ---\n" + inner.read_text(errors="replace"))
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            raise TestHostError(f"debootstrap failed with status {proc.returncode} (log {log}):\n{tail}")
+        _configure_root(tmp)
+        old = base / f"{root.name}.old-{os.getpid()}"
+        if root.exists():
+            os.rename(root, old)
+        os.rename(tmp, root)
+        _safe_rmtree(old)
+    except BaseException:
+        _safe_rmtree(tmp)
+        raise
+    _log(f"root built in {time.monotonic() - started:.0f}s")
+    return root
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _proc_stat(pid: int) -> Optional[List[str]]:
+    """Fields of /proc/PID/stat after the command name (state first, then ppid)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw.rsplit(")", 1)[-1].split()
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def _cmdline(pid: int) -> List[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _children_map() -> Dict[int, List[int]]:
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _proc_stat(int(entry))
+            if fields and len(fields) > 1:
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def _descendants(pid: int) -> List[int]:
+    children = _children_map()
+    found: List[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop(0)
+        found.append(child)
+        todo.extend(children.get(child, []))
+    return found
+
+
+def _ns_pids(pid: int) -> List[str]:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return line.split()[1:]
+    except OSError:
+        pass
+    return []
+
+
+class Instance:
+    """One test host: its directory, network and processes."""
+
+    def __init__(self, name: str) -> None:
+        self.name = check_name(name)
+        self.dir = instance_dir(name)
+        self.root = self.dir / "root"
+        self.key = self.dir / "id_ed25519"
+        self.pid_file = self.dir / "nspawn.pid"
+        self.console = self.dir / "console.log"
+        self.net_file = self.dir / "net.json"
+        self.netns = netns_name(name)
+        self.host_if = host_ifname(name)
+
+    # ------------------------------------------------------------------ state
+
+    def net(self) -> Dict[str, str]:
+        try:
+            return json.loads(self.net_file.read_text())
+        except (OSError, ValueError):
+            raise TestHostError(f"test host {self.name} is not up (no {self.net_file})") from None
+
+    def nspawn_pid(self) -> Optional[int]:
+        """PID of this instance's systemd-nspawn, if it runs (checked against its command line)."""
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        argv = _cmdline(pid)
+        if not _alive(pid) or not argv or os.path.basename(argv[0]) != "systemd-nspawn" or str(self.root) not in argv:
+            return None
+        return pid
+
+    def init_pid(self, nspawn: Optional[int] = None) -> Optional[int]:
+        """Host PID of the container's PID 1: the nspawn descendant whose innermost NSpid is 1."""
+        nspawn = nspawn or self.nspawn_pid()
+        if nspawn is None:
+            return None
+        for pid in _descendants(nspawn):
+            ns_pids = _ns_pids(pid)
+            if len(ns_pids) >= 2 and ns_pids[-1] == "1":
+                return pid
+        return None
+
+    def nsenter_argv(self, command: Sequence[str], init: Optional[int] = None) -> List[str]:
+        init = init or self.init_pid()
+        if init is None:
+            raise TestHostError(f"test host {self.name} is not running")
+        return ["nsenter", "-t", str(init), "-a", "/usr/bin/env", "-i", f"PATH={CLEAN_PATH}", "HOME=/root",
+                "LANG=C.UTF-8", f"TERM={os.environ.get('TERM', 'dumb')}", *command]
+
+    def system_state(self, init: Optional[int] = None) -> str:
+        try:
+            proc = _run(self.nsenter_argv(["systemctl", "is-system-running"], init), check=False, timeout=15)
+        except TestHostError:
+            return "unknown"
+        return (proc.stdout or "").strip() or "unknown"
+
+    # ------------------------------------------------------------------ network
+
+    def _allocate_net(self) -> Dict[str, str]:
+        """Pick a free 198.18.X.0/30 (lock held): not used by another instance nor by any host address/route."""
+        used = set()
+        for other in base_dir().glob("*/net.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                used.add(ipaddress.ip_network(json.loads(other.read_text())["subnet"]))
+        taken = []
+        for line in _run(["ip", "-4", "-o", "addr", "show"]).stdout.splitlines():
+            words = line.split()
+            if "inet" in words:
+                taken.append(ipaddress.ip_interface(words[words.index("inet") + 1]).network)
+        for line in _run(["ip", "-4", "route", "show", "table", "all"]).stdout.splitlines():
+            words = line.split()
+            with contextlib.suppress(ValueError, IndexError):
+                dest = words[1] if words[0] in ("local", "broadcast", "unicast") else words[0]
+                net = ipaddress.ip_network(dest, strict=False)
+                if net.prefixlen >= 24:
+                    taken.append(net)
+        for index in NET_INDEXES:
+            subnet = ipaddress.ip_network((int(NET_POOL.network_address) + index * 256, 30))
+            if subnet in used or any(subnet.overlaps(net) for net in taken):
+                continue
+            hosts = list(subnet.hosts())
+            return {"subnet": str(subnet), "host_addr": str(hosts[0]), "guest_addr": str(hosts[1]),
+                    "prefixlen": str(subnet.prefixlen), "netns": self.netns, "host_if": self.host_if,
+                    "guest_if": GUEST_IF}
+        raise TestHostError("no free /30 left in 198.18.0.0/15")
+
+    def _setup_net(self, net: Dict[str, str]) -> None:
+        self._teardown_net()
+        plen = net["prefixlen"]
+        _run(["ip", "netns", "add", self.netns])
+        _run(["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", GUEST_IF, "netns", self.netns])
+        _run(["ip", "addr", "add", f"{net['host_addr']}/{plen}", "dev", self.host_if])
+        _run(["ip", "link", "set", self.host_if, "up"])
+        _run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", self.netns, "addr", "add", f"{net['guest_addr']}/{plen}", "dev", GUEST_IF])
+        _run(["ip", "-n", self.netns, "link", "set", GUEST_IF, "up"])
+        _run(["ip", "-n", self.netns, "route", "add", "default", "via", net["host_addr"]])
+
+    def _teardown_net(self) -> None:
+        if Path("/run/netns", self.netns).exists():
+            _run(["ip", "netns", "delete", self.netns], check=False)
+        if Path("/sys/class/net", self.host_if).exists():
+            _run(["ip", "link", "delete", self.host_if], check=False)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _prepare_root(self, net: Dict[str, str]) -> None:
+        """Per-instance identity: hostname, machine id, SSH host keys, root's authorized key, resolver."""
+        root = self.root
+        _write(root / "etc/hostname", f"{self.name}\n")
+        hosts = (root / "etc/hosts").read_text() if (root / "etc/hosts").exists() else ""
+        _write(root / "etc/hosts", f"127.0.1.1\t{self.name}\n{hosts}")
+        _write(root / "etc/machine-id", secrets.token_hex(16) + "\n", 0o444)
+        # Nothing answers DNS on the host end by default: a quick refusal beats a timeout to the host's resolver.
+        _write(root / "etc/resolv.conf", f"nameserver {net['host_addr']}\noptions timeout:1 attempts:1\n")
+        _run(["ssh-keygen", "-A", "-f", str(root)])
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@testhost-{self.name}", "-f", str(self.key)])
+        ssh_dir = root / "root/.ssh"
+        ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ssh_dir.chmod(0o700)
+        _write(ssh_dir / "authorized_keys", Path(f"{self.key}.pub").read_text(), 0o600)
+
+    def up(self) -> Dict[str, str]:
+        if self.nspawn_pid() is not None:
+            net = self.net()
+            _log(f"{self.name} is already up at {net['guest_addr']}")
+            return net
+        if self.dir.exists() or Path("/run/netns", self.netns).exists():
+            _log(f"cleaning up a stale {self.name}")
+            self.down(quiet=True)
+        for tool in ("systemd-nspawn", "nsenter", "ip", "ssh", "ssh-keygen"):
+            if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
+                raise TestHostError(f"{tool} is not installed (systemd-container, util-linux, iproute2, openssh-client)")
+        started = time.monotonic()
+        try:
+            with _locked():
+                root = ensure_root()
+                self.dir.mkdir(parents=True)
+                copy_started = time.monotonic()
+                _run(["cp", "-a", "--reflink=auto", str(root), str(self.root)], timeout=600)
+                _log(f"copied the root in {time.monotonic() - copy_started:.1f}s")
+                net = self._allocate_net()
+                _write(self.net_file, json.dumps(net, indent=2) + "\n")
+            self._prepare_root(net)
+            self._setup_net(net)
+            boot_started = time.monotonic()
+            self._wait_ready(net, self._boot())
+        except BaseException as exc:
+            tail = self._console_tail()
+            _log(f"{self.name} failed to come up: {exc}" + (f"\n--- last lines of {self.console} ---\n{tail}" if tail else ""))
+            self.down(quiet=True)
+            raise
+        _log(f"{self.name} up at {net['guest_addr']} (boot {time.monotonic() - boot_started:.1f}s, "
+             f"total {time.monotonic() - started:.1f}s); ssh -i {self.key} root@{net['guest_addr']}")
+        return net
+
+    def _boot(self) -> subprocess.Popen:
+        argv = ["systemd-nspawn", "--quiet", "-D", str(self.root), "--boot", "--register=no", "--keep-unit",
+                f"--network-namespace-path=/run/netns/{self.netns}", "-M", self.name, "--settings=false",
+                "--link-journal=no", "--resolv-conf=off", "--timezone=off", "--console=read-only"]
+        with open(self.console, "ab") as handle:
+            handle.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {shlex.join(argv)}\n".encode())
+            handle.flush()
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                    start_new_session=True, close_fds=True, cwd=self.dir)
+        _write(self.pid_file, f"{proc.pid}\n")
+        return proc
+
+    def _wait_ready(self, net: Dict[str, str], proc: subprocess.Popen) -> None:
+        """Wait (bounded) for systemd to finish booting and for root to log in over SSH with the key."""
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        state = "no init yet"
+        while True:
+            # Liveness from the Popen object: right after exec /proc/PID/cmdline can still be empty.
+            code = proc.poll()
+            if code is not None:
+                raise TestHostError(f"systemd-nspawn exited with status {code}")
+            init = self.init_pid(proc.pid)
+            if init is not None:
+                state = self.system_state(init)
+                if state in ("running", "degraded"):
+                    break
+                if state in ("stopping", "offline", "maintenance"):
+                    raise TestHostError(f"systemd is {state}")
+            if time.monotonic() > deadline:
+                raise TestHostError(f"systemd not running after {BOOT_TIMEOUT:g}s (state: {state})")
+            time.sleep(0.3)
+        if state == "degraded":
+            failed = _run(self.nsenter_argv(["systemctl", "--failed", "--plain", "--no-legend"]), check=False).stdout
+            _log(f"{self.name}: systemd is degraded; failed units:\n{failed.rstrip()}")
+        while True:
+            if proc.poll() is not None:
+                raise TestHostError(f"systemd-nspawn exited with status {proc.returncode}")
+            banner = _ssh_banner(net["guest_addr"])
+            if banner.startswith("SSH-"):
+                login = subprocess.run(self.ssh_argv(["true"], connect_timeout=5), stdin=subprocess.DEVNULL,
+                                       capture_output=True, text=True, timeout=30, check=False)
+                if login.returncode == 0:
+                    return
+                banner = f"login failed: {login.stderr.strip()}"
+            if time.monotonic() > deadline:
+                raise TestHostError(f"no SSH login to {net['guest_addr']}:22 after {BOOT_TIMEOUT:g}s ({banner or 'no banner'})")
+            time.sleep(0.3)
+
+    def ssh_argv(self, command: Sequence[str], connect_timeout: int = 10) -> List[str]:
+        net = self.net()
+        return ["ssh", "-F", "/dev/null", "-i", str(self.key), *SSH_OPTIONS, "-o", "BatchMode=yes",
+                "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={connect_timeout}",
+                f"root@{net['guest_addr']}", *command]
+
+    def down(self, quiet: bool = False) -> bool:
+        """Power off and remove everything of this instance; return whether anything was there."""
+        present = self.dir.exists() or Path("/run/netns", self.netns).exists() or Path("/sys/class/net", self.host_if).exists()
+        nspawn = self.nspawn_pid()
+        if nspawn is not None:
+            self._stop(nspawn)
+        self._teardown_net()
+        _safe_rmtree(self.dir)
+        if not quiet:
+            _log(f"{self.name} removed" if present else f"{self.name} was not present")
+        return present
+
+    def _stop(self, nspawn: int) -> None:
+        init = self.init_pid(nspawn)
+        if init is not None:
+            _run(self.nsenter_argv(["systemctl", "poweroff"], init), check=False, timeout=30)
+        else:  # still starting: nspawn turns SIGTERM into an orderly shutdown of the container
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(nspawn, signal.SIGTERM)
+        if _wait_gone(nspawn, STOP_TIMEOUT):
+            return
+        _log(f"{self.name}: systemd-nspawn {nspawn} still runs after {STOP_TIMEOUT:g}s, sending SIGTERM")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(nspawn, signal.SIGTERM)
+        if not _wait_gone(nspawn, 15):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(nspawn, signal.SIGKILL)
+            _wait_gone(nspawn, 5)
+        # Killing PID 1 of the container's PID namespace ends every process in it.
+        if init is not None and _alive(init) and _ns_pids(init)[-1:] == ["1"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init, signal.SIGKILL)
+            _wait_gone(init, 5)
+
+    def _console_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.console.read_text(errors="replace")
+        except OSError:
+            return ""
+        kept = [line.rstrip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if line.strip()]
+        return "\n".join(kept[-lines:])
+
+    def status(self) -> Dict[str, object]:
+        nspawn = self.nspawn_pid()
+        init = self.init_pid(nspawn) if nspawn else None
+        info: Dict[str, object] = {"name": self.name, "state": "absent", "dir": str(self.dir)}
+        if self.dir.exists():
+            info["state"] = "running" if nspawn else "stopped"
+        if nspawn:
+            info.update({"nspawn_pid": nspawn, "init_pid": init or "", "systemd": self.system_state(init) if init else "unknown"})
+        with contextlib.suppress(TestHostError):
+            net = self.net()
+            info.update({"ansible_host": net["guest_addr"], "linkcert_lab_host_addr": net["host_addr"],
+                         "subnet": net["subnet"], "netns": net["netns"], "host_if": net["host_if"]})
+        if self.key.exists():
+            info["ssh_private_key_file"] = str(self.key)
+        return info
+
+    def inventory(self) -> str:
+        net = self.net()
+        values = {
+            "ansible_host": net["guest_addr"],
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(self.key),
+            "ansible_ssh_common_args": " ".join(SSH_OPTIONS),
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "linkcert_lab_host_addr": net["host_addr"],
+        }
+        return f"{self.name}:\n" + "".join(f"  {key}: {json.dumps(val)}\n" for key, val in values.items())
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _ssh_banner(addr: str, timeout: float = 2.0) -> str:
+    try:
+        with socket.create_connection((addr, 22), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(256).decode(errors="replace").strip()
+    except OSError as exc:
+        return str(exc)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cmd_root(args: argparse.Namespace) -> int:
+    with _locked():
+        root = ensure_root(force=args.force)
+    print(root)
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    net = Instance(args.name).up()
+    print(net["guest_addr"])
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    Instance(args.name).down()
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    info = Instance(args.name).status()
+    for key, val in info.items():
+        print(f"{key}: {val}")
+    return 0 if info["state"] == "running" else 3
+
+
+def _cmd_exec(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise TestHostError("exec: no command given (testhost.py exec NAME -- CMD...)")
+    argv = Instance(args.name).nsenter_argv(command)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+    return 127  # not reached
+
+
+def _cmd_inventory(args: argparse.Namespace) -> int:
+    sys.stdout.write(Instance(args.name).inventory())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="testhost.py", description="Debian 12 test hosts with systemd as PID 1 "
+                                     "(systemd-nspawn on a debootstrapped root, SSH on a 198.18.0.0/15 veth).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    root = sub.add_parser("root", help="build the cached root if missing or outdated (about a minute)")
+    root.add_argument("--force", action="store_true", help="rebuild even if the cached root is current")
+    root.set_defaults(func=_cmd_root)
+    for name, func, helptext in (("up", _cmd_up, "boot instance NAME; prints its address"),
+                                 ("down", _cmd_down, "stop and remove instance NAME (idempotent)"),
+                                 ("status", _cmd_status, "show instance NAME; exit 3 unless running"),
+                                 ("inventory", _cmd_inventory, "print a YAML inventory host entry")):
+        cmd = sub.add_parser(name, help=helptext)
+        cmd.add_argument("name")
+        cmd.set_defaults(func=func)
+    run = sub.add_parser("exec", help="run a command inside instance NAME: exec NAME -- CMD...")
+    run.add_argument("name")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    run.set_defaults(func=_cmd_exec)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if os.geteuid() != 0:
+        print("testhost.py: error: must run as root (debootstrap, network namespaces, systemd-nspawn)", file=sys.stderr)
+        return 1
+    try:
+        return int(args.func(args))
+    except TestHostError as exc:
+        print(f"testhost.py: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

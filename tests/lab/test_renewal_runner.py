@@ -1,0 +1,92 @@
+"""The renewal runner the renewal role installs, run as its systemd service runs it, against a Pebble
+issuing 16-second certificates: it renews what is due, and reloads (through its configured command)
+only when a certificate changed."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import labctl
+import pytest
+from labtools import REPO, run_module
+
+pytestmark = [pytest.mark.lab, pytest.mark.integration]
+
+ADDR = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def short_lab(tmp_path_factory):
+    ports = dict(zip(labctl.PORT_KEYS, labctl.free_ports(len(labctl.PORT_KEYS), ADDR)))
+    lab = labctl.Lab(dir=tmp_path_factory.mktemp("renewlab"), addr=ADDR, ports=ports, nginx=True, timeout=30.0, cert_validity=16,
+                     pebble_env={"PEBBLE_AUTHZREUSE": "0"})
+    lab.start()
+    try:
+        yield lab
+    finally:
+        lab.stop()
+
+
+def install_runner(lib: Path) -> Path:
+    """Lay the runner out as the renewal role does: the runner beside the collection's module_utils."""
+    target = lib / "ansible_collections" / "mailops" / "linkcert" / "plugins" / "module_utils"
+    shutil.copytree(REPO / "plugins" / "module_utils", target, ignore=shutil.ignore_patterns("__pycache__"))
+    runner = lib / "linkcert-renew.py"
+    shutil.copy(REPO / "roles" / "renewal" / "files" / "linkcert-renew.py", runner)
+    return runner
+
+
+def test_runner_renews_when_due_and_reloads_only_then(short_lab, tmp_path):
+    env = short_lab.env()
+    for name in ("timer.renew.test", "never.renew.test"):
+        short_lab.dns_set("a", name, [short_lab.addr])
+    common = {"acme_directory": env["LINKCERT_LAB_ACME_DIRECTORY"], "acme_ca_bundle": env["LINKCERT_LAB_CA_BUNDLE"], "terms_agreed": True,
+              "webroot": env["LINKCERT_LAB_WEBROOT"], "cert_root": str(tmp_path / "live"), "state_root": str(tmp_path / "state"),
+              "challenge_port": int(env["LINKCERT_LAB_HTTP_PORT"]), "resolvers": [env["LINKCERT_LAB_RESOLVER"]]}
+    issued = run_module("acme_http01_cert", dict(common, certificates=[{"domain": "timer.renew.test"}]))
+    assert issued.state == "CHANGED", issued.stdout
+    first = issued.result["results"][0]
+
+    marker = tmp_path / "reloaded"
+    config = dict(common, certificates=[{"domain": "Timer.Renew.Test."}, {"domain": "never.renew.test"}],
+                  reload_command=["touch", str(marker)], check_command=["true"])
+    config_path = tmp_path / "renew.json"
+    config_path.write_text(json.dumps(config))
+    runner = install_runner(tmp_path / "lib")
+
+    def run():
+        return subprocess.run([sys.executable, str(runner), "--config", str(config_path)], capture_output=True, text=True, timeout=120, check=False)
+
+    quiet = run()
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert "0 renewed" in quiet.stdout and "0 CA request(s)" in quiet.stdout and not marker.exists()
+    assert "never.renew.test" not in quiet.stdout, "a domain never issued is left to onboarding"
+
+    due_at = datetime.datetime.fromisoformat(first["renew_after"].replace("Z", "+00:00")).timestamp()
+    time.sleep(max(0.0, due_at - time.time()) + 0.5)
+    due = run()
+    assert due.returncode == 0, due.stdout + due.stderr
+    assert "1 renewed" in due.stdout and marker.exists()
+    state = json.loads((tmp_path / "state" / "timer.renew.test.json").read_text())
+    assert state["action"] == "renewed" and state["serial"] != first["serial"]
+
+
+def test_units_pass_systemd_analyze(tmp_path):
+    jinja2 = pytest.importorskip("jinja2")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(REPO / "roles" / "renewal" / "templates")), keep_trailing_newline=True)
+    values = {"ansible_managed": "test", "renewal_lib_dir": "/usr/local/lib/linkcert", "renewal_config": "/etc/linkcert/renew.json",
+              "renewal_on_calendar": "*-*-* 00,12:00:00", "renewal_randomized_delay": "3h"}
+    for unit in ("linkcert-renew.service", "linkcert-renew.timer"):
+        (tmp_path / unit).write_text(env.get_template(unit + ".j2").render(**values))
+    verified = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "linkcert-renew.timer"), str(tmp_path / "linkcert-renew.service")],
+                              capture_output=True, text=True, check=False)
+    noise = [line for line in (verified.stdout + verified.stderr).splitlines() if "linkcert" in line]
+    assert verified.returncode == 0 and not noise, verified.stdout + verified.stderr
+    calendar = subprocess.run(["systemd-analyze", "calendar", values["renewal_on_calendar"]], capture_output=True, text=True, check=False)
+    assert calendar.returncode == 0 and "Next elapse" in calendar.stdout

@@ -1,0 +1,39 @@
+"""playbooks/status.yml reads every domain's state file on every edge and reports them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from labtools import run_module, run_playbook
+
+pytestmark = [pytest.mark.lab, pytest.mark.integration]
+
+
+def test_status_table_and_json(lab, tmp_path):
+    env = lab.env()
+    lab.dns_set("a", "status.acme.test", [lab.addr])
+    state_root = tmp_path / "state"
+    common = {"acme_directory": env["LINKCERT_LAB_ACME_DIRECTORY"], "acme_ca_bundle": env["LINKCERT_LAB_CA_BUNDLE"], "terms_agreed": True,
+              "webroot": env["LINKCERT_LAB_WEBROOT"], "cert_root": str(tmp_path / "live"), "state_root": str(state_root),
+              "challenge_port": int(env["LINKCERT_LAB_HTTP_PORT"]), "resolvers": [env["LINKCERT_LAB_RESOLVER"]]}
+    issued = run_module("acme_http01_cert", dict(common, certificates=[{"domain": "status.acme.test"}]))
+    assert issued.state == "CHANGED"
+    recorded = run_module("domain_status", {"state_root": str(state_root), "statuses": [
+        {"domain": "blocked.acme.test", "ssl_status": "unknown", "label": "SSL Unknown", "reason": "caa_blocked",
+         "message": "CAA forbids", "remediation": 'acme.test. CAA 0 issue "letsencrypt.org"'}]})
+    assert recorded.state == "CHANGED" and recorded.result["updated"] == ["blocked.acme.test"]
+    again = run_module("domain_status", {"state_root": str(state_root), "statuses": [
+        {"domain": "blocked.acme.test", "ssl_status": "unknown", "label": "SSL Unknown", "reason": "caa_blocked",
+         "message": "CAA forbids", "remediation": 'acme.test. CAA 0 issue "letsencrypt.org"'}]})
+    assert again.state == "SUCCESS" and again.result["updated"] == []
+
+    out = tmp_path / "status.json"
+    run = run_playbook("playbooks/status.yml", "inventories/lab", extra_vars={"linkcert_state_root": str(state_root), "linkcert_status_file": str(out)})
+    assert run.rc == 0, run.stdout + run.stderr
+    assert "status.acme.test" in run.stdout and "SSL Issued   expires " in run.stdout
+    assert 'caa_blocked: publish acme.test. CAA 0 issue "letsencrypt.org"' in run.stdout
+    report = json.loads(out.read_text())
+    rows = {row["domain"]: row for row in report["edges"]["lab-edge"]}
+    assert rows["status.acme.test"]["ssl_status"] == "issued" and rows["status.acme.test"]["serial"] == issued.result["results"][0]["serial"]
+    assert rows["blocked.acme.test"]["remediation"].startswith("acme.test. CAA")
