@@ -26,7 +26,7 @@ import time
 import typing as t
 
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_keys import jwk_and_alg
-from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError
+from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError, short_error
 
 try:
     import josepy as jose
@@ -165,16 +165,16 @@ class AcmeClient:
                 raise
             except (requests.exceptions.SSLError,) as error:
                 raise LinkcertError("%s: the CA's TLS certificate is not trusted (%s). Give the CA's root in acme_ca_bundle; "
-                                    "verification is never switched off." % (what, _short(error)), item=item, reason="ca_untrusted") from None
+                                    "verification is never switched off." % (what, short_error(error)), item=item, reason="ca_untrusted") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
                 if attempt == _MAX_RETRIES or time.monotonic() + delay > deadline:
-                    raise LinkcertError("%s: the CA at %s cannot be reached (%s)." % (what, self.directory_url, _short(error)),
+                    raise LinkcertError("%s: the CA at %s cannot be reached (%s)." % (what, self.directory_url, short_error(error)),
                                         item=item, reason="ca_unreachable") from None
                 wait = None
             except acme_errors.ClientError as error:
                 status = getattr(getattr(error, "args", [None])[0], "status_code", None)
                 if status is None or status < 500 or attempt == _MAX_RETRIES:
-                    raise LinkcertError("%s: unexpected answer from the CA (%s)." % (what, _short(error)), item=item,
+                    raise LinkcertError("%s: unexpected answer from the CA (%s)." % (what, short_error(error)), item=item,
                                         reason="ca_protocol_error") from None
                 wait = _retry_after_seconds(error.args[0])
             pause = max(delay, min(wait, 60.0)) if wait is not None else delay
@@ -300,8 +300,3 @@ class AcmeClient:
             return dict(response.json()), response.headers.get("Retry-After")
 
         return self._call("asking the CA for renewal information", fetch, deadline, item)
-
-
-def _short(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -18,7 +18,9 @@ touches the installed pair.
 from __future__ import annotations
 
 import datetime
+import os
 import random
+import re
 import threading
 import time
 import typing as t
@@ -31,8 +33,10 @@ from ansible_collections.mailops.linkcert.plugins.module_utils import _status
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_client import AcmeClient, AcmeProblem
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_state import StateStore, guard_until, iso, parse_iso, record_failure
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import CertStore, atomic_write
-from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError
-from ansible_collections.mailops.linkcert.plugins.module_utils._resolver import View
+from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError, LinkcertError
+from ansible_collections.mailops.linkcert.plugins.module_utils._names import normalize_domain
+from ansible_collections.mailops.linkcert.plugins.module_utils._pool import map_bounded
+from ansible_collections.mailops.linkcert.plugins.module_utils._resolver import View, make_resolver
 
 # Failures the CA counts against the name (Let's Encrypt pauses after 5 an hour).
 VALIDATION_FAILURES = frozenset(("acme_unauthorized", "acme_connection", "acme_dns", "acme_incorrect_response", "acme_caa", "acme_tls",
@@ -62,11 +66,66 @@ class Settings(t.NamedTuple):
     timeout: float
     force: bool
     check_mode: bool
+    workers: int = 8
+
+
+def settings_from_options(p: t.Mapping[str, t.Any], check_mode: bool = False) -> Settings:
+    """Validate the module's options (the renewal runner's configuration uses the same keys) and build Settings.
+
+    Raises InputError naming the bad option before anything is touched.
+    """
+    if not re.match(r"^https?://[^\s/]+", p["acme_directory"]):
+        raise InputError("acme_directory %r is not an http(s) URL" % p["acme_directory"], item=p["acme_directory"])
+    if p.get("acme_ca_bundle") and not os.path.isfile(p["acme_ca_bundle"]):
+        raise InputError("acme_ca_bundle %s does not exist" % p["acme_ca_bundle"], item=p["acme_ca_bundle"])
+    for option in ("webroot", "cert_root", "state_root"):
+        if not os.path.isabs(p[option]):
+            raise InputError("%s must be an absolute path, got %r" % (option, p[option]), item=p[option])
+    if bool(p.get("eab_kid")) != bool(p.get("eab_hmac_key")):
+        raise InputError("give both eab_kid and eab_hmac_key, or neither", item="eab_kid")
+    renew_before: t.Union[str, int] = str(p.get("renew_before", "auto")).strip().lower()
+    if renew_before != "auto":
+        if not str(renew_before).isdigit() or not 0 < int(renew_before) < 3650:
+            raise InputError("renew_before must be 'auto' or a number of days, got %r" % p["renew_before"], item="renew_before")
+        renew_before = int(renew_before)
+    timeout, workers, port = float(p.get("timeout", 120)), int(p.get("workers", 8)), int(p.get("challenge_port", 80))
+    if not 0 < timeout <= 3600 or not 1 <= workers <= 64 or not 0 < port < 65536:
+        raise InputError("timeout must be in (0, 3600], workers in [1, 64], challenge_port in [1, 65535]", item="timeout")
+    return Settings(
+        directory_url=p["acme_directory"], ca_bundle=p.get("acme_ca_bundle") or None,
+        account_key=p.get("account_key") or os.path.join(p["state_root"], "account.key"),
+        email=p.get("account_email") or None, terms_agreed=bool(p.get("terms_agreed")),
+        eab=(p["eab_kid"], p["eab_hmac_key"]) if p.get("eab_kid") else None,
+        webroot=p["webroot"], cert_root=p["cert_root"], state_root=p["state_root"],
+        key_type=p.get("key_type") or "ec256", reuse_key=bool(p.get("reuse_key")), renew_before=renew_before,
+        profile=p.get("profile") or None, self_check=bool(p.get("self_check", True)), challenge_port=port,
+        resolver=make_resolver(p["resolvers"], 5.0) if p.get("resolvers") else None,
+        timeout=timeout, force=bool(p.get("force")), check_mode=check_mode, workers=workers,
+    )
 
 
 class CertSpec(t.NamedTuple):
     domain: str
     names: t.List[str]
+
+
+def cert_specs(certificates: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[CertSpec]:
+    """``[{domain, alt_names}]`` → validated, normalised CertSpecs; InputError names the first bad item."""
+    specs: t.List[CertSpec] = []
+    seen: t.Dict[str, int] = {}
+    for index, entry in enumerate(certificates, start=1):
+        where = "certificates[%d]" % index
+        domain = normalize_domain(entry.get("domain"), what="%s.domain" % where)
+        names = [domain]
+        for alt in entry.get("alt_names") or []:
+            name = normalize_domain(alt, what="%s.alt_names item" % where)
+            if name not in names:
+                names.append(name)
+        if domain in seen:
+            raise InputError("%s: %s is listed twice (also as certificates[%d])" % (where, domain, seen[domain]), item=domain)
+        seen[domain] = index
+        specs.append(CertSpec(domain, names))
+    return specs
 
 
 def utcnow() -> datetime.datetime:
@@ -141,6 +200,10 @@ class Runner:
         return key
 
     # ------------------------------------------------------------- run
+
+    def run(self, specs: t.Sequence[CertSpec]) -> t.List[t.Dict[str, t.Any]]:
+        """Process every certificate, ``workers`` at a time, results in the given order."""
+        return map_bounded(self.process, specs, self.s.workers)
 
     def process(self, spec: CertSpec) -> t.Dict[str, t.Any]:
         """Handle one certificate; the result carries ``duration_ms``, this certificate's own wall time."""

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import threading
 import typing as t
-from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.mailops.linkcert.plugins.module_utils import _caa, _names, _resolver, _verify
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError
+from ansible_collections.mailops.linkcert.plugins.module_utils._pool import map_bounded
 from ansible_collections.mailops.linkcert.plugins.module_utils._resolver import (
     LookupFailed,
     RecursiveView,
@@ -35,19 +35,8 @@ except ImportError as exc:  # pragma: no cover - reported by the module
     HAS_PSL = False
     PSL_IMPORT_ERROR = exc
 
-T = t.TypeVar("T")
-R = t.TypeVar("R")
-
 _PSL_LOCK = threading.Lock()
 _PSL: t.List[t.Any] = []
-
-
-def map_bounded(function: t.Callable[[T], R], items: t.Sequence[T], workers: int) -> t.List[R]:
-    """``[function(item) for item in items]`` on at most ``workers`` threads, in order."""
-    if len(items) <= 1 or workers <= 1:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="linkcert-dns") as pool:
-        return list(pool.map(function, items))
 
 
 def organizational_domain(name: str) -> str:

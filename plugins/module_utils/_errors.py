@@ -12,6 +12,12 @@ from __future__ import annotations
 import typing as t
 
 
+def short_error(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one bounded line for messages."""
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class LinkcertError(Exception):
     """A failure the user must see, with the item it concerns.
 

@@ -24,7 +24,7 @@ import time
 import typing as t
 from concurrent.futures import Future
 
-from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError
+from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError, short_error
 
 try:
     import dns.exception
@@ -164,13 +164,13 @@ def _chain_from_message(message: t.Any, qname: str, rdtype: str) -> t.Tuple[t.Li
 
 
 class _Cache:
-    """A thread-safe memo of lookups; concurrent askers of one key share one query."""
+    """A thread-safe memo of lookups (and zone apexes); concurrent askers of one key share one query."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: t.Dict[t.Tuple[t.Any, ...], Future] = {}
 
-    def get(self, key: t.Tuple[t.Any, ...], compute: t.Callable[[], Lookup]) -> Lookup:
+    def get(self, key: t.Tuple[t.Any, ...], compute: t.Callable[[], t.Any]) -> t.Any:
         with self._lock:
             future = self._entries.get(key)
             owner = future is None
@@ -182,7 +182,7 @@ class _Cache:
         if owner:
             try:
                 future.set_result(compute())
-            except BaseException as exc:  # pragma: no cover - compute() reports by status
+            except BaseException as exc:  # LookupFailed from zone_for: every asker sees it
                 future.set_exception(exc)
         return future.result()
 
@@ -249,16 +249,21 @@ class RecursiveView(View):
         except dns.exception.Timeout:
             return Lookup(name, rdtype, TIMEOUT, server=self.label, error="no answer within %gs" % self._timeout)
         except dns.exception.DNSException as exc:
-            return Lookup(name, rdtype, ERROR, server=self.label, error=_short(exc))
+            return Lookup(name, rdtype, ERROR, server=self.label, error=short_error(exc))
         chain, records = _chain_from_message(answer.response, name, rdtype)
         return Lookup(name, rdtype, OK if records else NODATA, rdata=records, chain=chain, server=self.label)
 
     def zone_for(self, name: str) -> str:
-        """The apex of the zone holding ``name`` (SOA climb through the resolvers)."""
+        """The apex of the zone holding ``name`` (SOA climb through the resolvers), once per name and run."""
+        if self._cache is None:
+            return self._zone_for(name)
+        return self._cache.get(("zone", name), lambda: self._zone_for(name))
+
+    def _zone_for(self, name: str) -> str:
         try:
             zone = dns.resolver.zone_for_name(name + ".", resolver=self._resolver, lifetime=self._timeout * 2)
         except dns.exception.DNSException as exc:
-            raise LookupFailed("cannot find the zone of %s: %s" % (name, _short(exc))) from None
+            raise LookupFailed("cannot find the zone of %s: %s" % (name, short_error(exc))) from None
         return zone.to_text(omit_final_dot=True).lower()
 
 
@@ -273,11 +278,6 @@ def _status_from_no_nameservers(exc: t.Any) -> str:
     if "SERVFAIL" in text:
         return SERVFAIL
     return ERROR
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _fmt_server(address: str, port: int) -> str:
@@ -318,7 +318,7 @@ class AuthoritativeView(View):
         except dns.exception.Timeout:
             return Lookup(name, rdtype, TIMEOUT, server=self.label, error="no answer within %gs" % self.timeout)
         except (OSError, dns.exception.DNSException) as exc:
-            return Lookup(name, rdtype, ERROR, server=self.label, error=_short(exc))
+            return Lookup(name, rdtype, ERROR, server=self.label, error=short_error(exc))
         rcode = response.rcode()
         if rcode == dns.rcode.SERVFAIL:
             return Lookup(name, rdtype, SERVFAIL, server=self.label)

@@ -247,64 +247,10 @@ results:
       type: float
 """
 
-import os
-import re
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_client, _acme_run
-from ansible_collections.mailops.linkcert.plugins.module_utils._dnsrun import map_bounded
-from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError, LinkcertError
-from ansible_collections.mailops.linkcert.plugins.module_utils._names import normalize_domain
-from ansible_collections.mailops.linkcert.plugins.module_utils._resolver import make_resolver
-
-
-def _specs(certificates):
-    specs, seen = [], {}
-    for index, entry in enumerate(certificates, start=1):
-        where = "certificates[%d]" % index
-        domain = normalize_domain(entry["domain"], what="%s.domain" % where)
-        names = [domain]
-        for alt in entry.get("alt_names") or []:
-            name = normalize_domain(alt, what="%s.alt_names item" % where)
-            if name not in names:
-                names.append(name)
-        if domain in seen:
-            raise InputError("%s: %s is listed twice (also as certificates[%d])" % (where, domain, seen[domain]), item=domain)
-        seen[domain] = index
-        specs.append(_acme_run.CertSpec(domain, names))
-    return specs
-
-
-def _settings(module):
-    p = module.params
-    if not re.match(r"^https?://[^\s/]+", p["acme_directory"]):
-        raise InputError("acme_directory %r is not an http(s) URL" % p["acme_directory"], item=p["acme_directory"])
-    if p["acme_ca_bundle"] and not os.path.isfile(p["acme_ca_bundle"]):
-        raise InputError("acme_ca_bundle %s does not exist" % p["acme_ca_bundle"], item=p["acme_ca_bundle"])
-    for option in ("webroot", "cert_root", "state_root"):
-        if not os.path.isabs(p[option]):
-            raise InputError("%s must be an absolute path, got %r" % (option, p[option]), item=p[option])
-    if bool(p["eab_kid"]) != bool(p["eab_hmac_key"]):
-        raise InputError("give both eab_kid and eab_hmac_key, or neither", item="eab_kid")
-    renew_before = p["renew_before"].strip().lower()
-    if renew_before != "auto":
-        if not renew_before.isdigit() or not 0 < int(renew_before) < 3650:
-            raise InputError("renew_before must be 'auto' or a number of days, got %r" % p["renew_before"], item="renew_before")
-        renew_before = int(renew_before)
-    if not 0 < p["timeout"] <= 3600 or not 1 <= p["workers"] <= 64 or not 0 < p["challenge_port"] < 65536:
-        raise InputError("timeout must be in (0, 3600], workers in [1, 64], challenge_port in [1, 65535]", item="timeout")
-    return _acme_run.Settings(
-        directory_url=p["acme_directory"], ca_bundle=p["acme_ca_bundle"],
-        account_key=p["account_key"] or os.path.join(p["state_root"], "account.key"),
-        email=p["account_email"], terms_agreed=p["terms_agreed"],
-        eab=(p["eab_kid"], p["eab_hmac_key"]) if p["eab_kid"] else None,
-        webroot=p["webroot"], cert_root=p["cert_root"], state_root=p["state_root"],
-        key_type=p["key_type"], reuse_key=p["reuse_key"], renew_before=renew_before, profile=p["profile"],
-        self_check=p["self_check"], challenge_port=p["challenge_port"],
-        resolver=make_resolver(p["resolvers"], 5.0) if p["resolvers"] else None,
-        timeout=p["timeout"], force=p["force"], check_mode=module.check_mode,
-    )
+from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError
 
 
 def main():
@@ -340,9 +286,9 @@ def main():
     if not _acme_client.HAS_ACME:
         module.fail_json(msg=missing_required_lib("acme"), exception=str(_acme_client.ACME_IMPORT_ERROR))
     try:
-        specs = _specs(module.params["certificates"])
-        runner = _acme_run.Runner(_settings(module))
-        results = map_bounded(runner.process, specs, module.params["workers"])
+        specs = _acme_run.cert_specs(module.params["certificates"])
+        runner = _acme_run.Runner(_acme_run.settings_from_options(module.params, module.check_mode))
+        results = runner.run(specs)
     except LinkcertError as exc:
         exc.fail(module)
     module.exit_json(changed=any(r["changed"] for r in results), results=results, account_uri=runner.account_uri,

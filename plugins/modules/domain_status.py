@@ -101,9 +101,8 @@ def _read_all(state_root):
                 continue
             state = store.load(domain)
             if state:
-                state.pop("failures", None)
+                state["failed_recently"] = len(state.pop("failures", None) or [])
                 state.pop("ari", None)
-                state["failed_recently"] = len(store.load(domain).get("failures", []))
                 found.append(state)
     return found
 

@@ -60,12 +60,25 @@ class ModuleRun:
         return {r[key]: r for r in self.result["results"]}
 
 
-def run_module(module: str, args: Dict[str, Any], check: bool = False, timeout: int = 300) -> ModuleRun:
+def acme_args(lab: Any, cert_root: Any, state_root: Any, certificates: Any, **extra: Any) -> Dict[str, Any]:
+    """acme_http01_cert arguments for a lab: its CA, trust, webroot, validation port and DNS."""
+    env = lab.env()
+    args = {"certificates": certificates, "acme_directory": env["LINKCERT_LAB_ACME_DIRECTORY"], "acme_ca_bundle": env["LINKCERT_LAB_CA_BUNDLE"],
+            "terms_agreed": True, "account_email": "ops@linkcert.example", "webroot": env["LINKCERT_LAB_WEBROOT"],
+            "cert_root": str(cert_root), "state_root": str(state_root), "challenge_port": int(env["LINKCERT_LAB_HTTP_PORT"]),
+            "resolvers": [env["LINKCERT_LAB_RESOLVER"]], "timeout": 60}
+    args.update(extra)
+    return args
+
+
+def run_module(module: str, args: Dict[str, Any], check: bool = False, timeout: int = 300, verbosity: int = 0) -> ModuleRun:
     """``ansible localhost -m mailops.linkcert.MODULE -a JSON``, as a user types it."""
     cmd = [str(BIN / "ansible"), "localhost", "-m", "mailops.linkcert." + module, "-a", json.dumps(args),
            "-e", "ansible_python_interpreter=%s" % sys.executable, "-c", "local"]
     if check:
         cmd.append("--check")
+    if verbosity:
+        cmd.append("-" + "v" * verbosity)
     env = ansible_env({"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
     return ModuleRun(proc)

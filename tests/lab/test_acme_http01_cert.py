@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from labtools import run_module
+from labtools import acme_args, run_module
 
 pytestmark = [pytest.mark.lab, pytest.mark.integration]
 
@@ -36,22 +36,7 @@ def roots(tmp_path):
 
 
 def args_for(lab, roots, certificates, **extra):
-    env = lab.env()
-    args = {
-        "certificates": certificates,
-        "acme_directory": env["LINKCERT_LAB_ACME_DIRECTORY"],
-        "acme_ca_bundle": env["LINKCERT_LAB_CA_BUNDLE"],
-        "terms_agreed": True,
-        "account_email": "ops@linkcert.example",
-        "webroot": env["LINKCERT_LAB_WEBROOT"],
-        "cert_root": roots["live"],
-        "state_root": roots["state"],
-        "challenge_port": int(env["LINKCERT_LAB_HTTP_PORT"]),
-        "resolvers": [env["LINKCERT_LAB_RESOLVER"]],
-        "timeout": 60,
-    }
-    args.update(extra)
-    return args
+    return acme_args(lab, roots["live"], roots["state"], certificates, **extra)
 
 
 def pebble_root(lab, tmp_path):
@@ -180,7 +165,9 @@ def test_bad_input_rejected_before_anything(lab, roots):
 
 def test_eab_secret_never_in_output(lab, roots):
     args = args_for(lab, roots, [{"domain": "../bad"}], eab_kid="kid-1", eab_hmac_key="c2VjcmV0LWhtYWMta2V5LXZhbHVl")
-    run = run_module("acme_http01_cert", args)
+    run = run_module("acme_http01_cert", args, verbosity=3)
+    # At -vvv Ansible prints the module's arguments, so the secret would show if it were not no_log.
+    assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in run.stdout and '"eab_kid": "kid-1"' in run.stdout
     assert "c2VjcmV0LWhtYWMta2V5LXZhbHVl" not in run.stdout + run.stderr
 
 

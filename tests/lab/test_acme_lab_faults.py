@@ -13,7 +13,7 @@ import time
 
 import labctl
 import pytest
-from labtools import BIN, REPO, ansible_env, run_module
+from labtools import BIN, REPO, acme_args, ansible_env, run_module
 
 pytestmark = [pytest.mark.lab, pytest.mark.integration]
 
@@ -37,13 +37,7 @@ def hard_lab(tmp_path_factory):
 
 
 def module_args(lab, tmp_path, certificates, **extra):
-    env = lab.env()
-    args = {"certificates": certificates, "acme_directory": env["LINKCERT_LAB_ACME_DIRECTORY"], "acme_ca_bundle": env["LINKCERT_LAB_CA_BUNDLE"],
-            "terms_agreed": True, "webroot": env["LINKCERT_LAB_WEBROOT"], "cert_root": str(tmp_path / "live"),
-            "state_root": str(tmp_path / "state"), "challenge_port": int(env["LINKCERT_LAB_HTTP_PORT"]),
-            "resolvers": [env["LINKCERT_LAB_RESOLVER"]], "timeout": 60, "eab_kid": EAB_KID, "eab_hmac_key": EAB_HMAC}
-    args.update(extra)
-    return args
+    return acme_args(lab, tmp_path / "live", tmp_path / "state", certificates, eab_kid=EAB_KID, eab_hmac_key=EAB_HMAC, **extra)
 
 
 def test_renewal_when_due_under_nonce_storm(hard_lab, tmp_path):

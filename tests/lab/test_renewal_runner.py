@@ -14,7 +14,7 @@ from pathlib import Path
 
 import labctl
 import pytest
-from labtools import REPO, run_module
+from labtools import REPO, acme_args, run_module
 
 pytestmark = [pytest.mark.lab, pytest.mark.integration]
 
@@ -43,13 +43,10 @@ def install_runner(lib: Path) -> Path:
 
 
 def test_runner_renews_when_due_and_reloads_only_then(short_lab, tmp_path):
-    env = short_lab.env()
     for name in ("timer.renew.test", "never.renew.test"):
         short_lab.dns_set("a", name, [short_lab.addr])
-    common = {"acme_directory": env["LINKCERT_LAB_ACME_DIRECTORY"], "acme_ca_bundle": env["LINKCERT_LAB_CA_BUNDLE"], "terms_agreed": True,
-              "webroot": env["LINKCERT_LAB_WEBROOT"], "cert_root": str(tmp_path / "live"), "state_root": str(tmp_path / "state"),
-              "challenge_port": int(env["LINKCERT_LAB_HTTP_PORT"]), "resolvers": [env["LINKCERT_LAB_RESOLVER"]]}
-    issued = run_module("acme_http01_cert", dict(common, certificates=[{"domain": "timer.renew.test"}]))
+    common = acme_args(short_lab, tmp_path / "live", tmp_path / "state", [{"domain": "timer.renew.test"}])
+    issued = run_module("acme_http01_cert", common)
     assert issued.state == "CHANGED", issued.stdout
     first = issued.result["results"][0]
 

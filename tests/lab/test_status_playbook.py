@@ -5,19 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from labtools import run_module, run_playbook
+from labtools import acme_args, run_module, run_playbook
 
 pytestmark = [pytest.mark.lab, pytest.mark.integration]
 
 
 def test_status_table_and_json(lab, tmp_path):
-    env = lab.env()
     lab.dns_set("a", "status.acme.test", [lab.addr])
     state_root = tmp_path / "state"
-    common = {"acme_directory": env["LINKCERT_LAB_ACME_DIRECTORY"], "acme_ca_bundle": env["LINKCERT_LAB_CA_BUNDLE"], "terms_agreed": True,
-              "webroot": env["LINKCERT_LAB_WEBROOT"], "cert_root": str(tmp_path / "live"), "state_root": str(state_root),
-              "challenge_port": int(env["LINKCERT_LAB_HTTP_PORT"]), "resolvers": [env["LINKCERT_LAB_RESOLVER"]]}
-    issued = run_module("acme_http01_cert", dict(common, certificates=[{"domain": "status.acme.test"}]))
+    issued = run_module("acme_http01_cert", acme_args(lab, tmp_path / "live", state_root, [{"domain": "status.acme.test"}]))
     assert issued.state == "CHANGED"
     recorded = run_module("domain_status", {"state_root": str(state_root), "statuses": [
         {"domain": "blocked.acme.test", "ssl_status": "unknown", "label": "SSL Unknown", "reason": "caa_blocked",

@@ -25,26 +25,7 @@ sys.path.insert(0, LIB)
 
 # pylint: disable=wrong-import-position
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_run  # noqa: E402
-from ansible_collections.mailops.linkcert.plugins.module_utils._dnsrun import map_bounded  # noqa: E402
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError  # noqa: E402
-from ansible_collections.mailops.linkcert.plugins.module_utils._names import normalize_domain  # noqa: E402
-from ansible_collections.mailops.linkcert.plugins.module_utils._resolver import make_resolver  # noqa: E402
-
-
-def settings(config: t.Mapping[str, t.Any]) -> _acme_run.Settings:
-    eab = config.get("eab")
-    return _acme_run.Settings(
-        directory_url=config["acme_directory"], ca_bundle=config.get("acme_ca_bundle") or None,
-        account_key=config.get("account_key") or os.path.join(config["state_root"], "account.key"),
-        email=config.get("account_email") or None, terms_agreed=bool(config.get("terms_agreed")),
-        eab=(eab["kid"], eab["hmac_key"]) if eab else None,
-        webroot=config["webroot"], cert_root=config["cert_root"], state_root=config["state_root"],
-        key_type=config.get("key_type", "ec256"), reuse_key=bool(config.get("reuse_key")),
-        renew_before=config.get("renew_before", "auto"), profile=config.get("profile") or None,
-        self_check=bool(config.get("self_check", True)), challenge_port=int(config.get("challenge_port", 80)),
-        resolver=make_resolver(config["resolvers"], 5.0) if config.get("resolvers") else None,
-        timeout=float(config.get("timeout", 120)), force=False, check_mode=False,
-    )
 
 
 def reload_nginx(command: t.Sequence[str], check_command: t.Sequence[str]) -> str:
@@ -65,15 +46,11 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     with open(opts.config, encoding="utf-8") as handle:
         config = json.load(handle)
     try:
-        specs = []
-        for entry in config.get("certificates", []):
-            domain = normalize_domain(entry["domain"])
-            names = [domain] + [n for n in (normalize_domain(a) for a in entry.get("alt_names", [])) if n != domain]
-            # Only certificates that are installed: first issuance belongs to onboarding, where DNS and CAA are checked.
-            if os.path.exists(os.path.join(config["cert_root"], domain, "cert.pem")):
-                specs.append(_acme_run.CertSpec(domain, names))
-        runner = _acme_run.Runner(settings(config))
-        results = map_bounded(runner.process, specs, int(config.get("workers", 8)))
+        # Only certificates that are installed: first issuance belongs to onboarding, where DNS and CAA are checked.
+        specs = [spec for spec in _acme_run.cert_specs(config.get("certificates", []))
+                 if os.path.exists(os.path.join(config["cert_root"], spec.domain, "cert.pem"))]
+        runner = _acme_run.Runner(_acme_run.settings_from_options(config))
+        results = runner.run(specs)
     except LinkcertError as exc:
         print("linkcert-renew: %s" % exc.msg, file=sys.stderr)
         return 2
