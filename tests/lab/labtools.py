@@ -98,8 +98,10 @@ class PlaybookRun:
 
 
 def run_playbook(playbook: str, inventory: str, extra_vars: Optional[Dict[str, Any]] = None, check: bool = False,
-                 env: Optional[Dict[str, str]] = None, timeout: int = 600) -> PlaybookRun:
+                 env: Optional[Dict[str, str]] = None, timeout: int = 600, verbosity: int = 0) -> PlaybookRun:
     cmd = [str(BIN / "ansible-playbook"), "-i", str(REPO / inventory), str(REPO / playbook)]
+    if verbosity:
+        cmd.append("-" + "v" * verbosity)
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     if check:
