@@ -7,10 +7,10 @@ SHELL := /bin/bash
 ROOT      := $(CURDIR)
 PY311     := $(ROOT)/.venv/py311/bin
 PY313     := $(ROOT)/.venv/py313/bin
-LABCTL    := $(PY311)/python $(ROOT)/lab/labctl.py
-# The demo lab listens where the README says; every port can be overridden from the environment.
+EDGELAB   := $(PY311)/python $(ROOT)/lab/edgelab.py
+# The demo lab: an edge test host (Debian 12, systemd, nginx) with Pebble and DNS on its veth;
+# every lab port can be overridden from the environment (LINKCERT_LAB_*_PORT, see lab/labctl.py).
 export LINKCERT_LAB_DIR       ?= $(ROOT)/.lab
-export LINKCERT_LAB_HTTP_PORT ?= 80
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.work/collections
 export ANSIBLE_HOME := $(ROOT)/.work/ansible-home
 
@@ -26,20 +26,21 @@ deps:
 	@bash scripts/bootstrap.sh
 
 lab-start: deps
-	@$(LABCTL) start
-	@$(LABCTL) seed lab/demo-dns.yml
+	@$(EDGELAB) start
 
 lab-stop:
-	@if [ -x $(PY311)/python ]; then $(LABCTL) stop; fi
+	@if [ -x $(PY311)/python ]; then $(EDGELAB) stop; fi
 
 lab-status:
-	@$(LABCTL) status
+	@$(EDGELAB) status
 
 demo: lab-start
-	@set -a; source $(LINKCERT_LAB_DIR)/lab.env; set +a; \
-	  $(PY311)/ansible-playbook -i inventories/lab playbooks/onboard_domain.yml
+	$(PY311)/ansible-playbook -i inventories/lab playbooks/onboard_domain.yml
+	$(PY311)/ansible-playbook -i inventories/lab playbooks/status.yml -e linkcert_status_file=$(LINKCERT_LAB_DIR)/status.json
 	@echo
-	@echo "The lab keeps running (make lab-stop ends it). Try: ansible-playbook -i inventories/lab playbooks/onboard_domain.yml -e domain=links.example.net"
+	@echo "The lab keeps running (make lab-stop ends it). Try, with PATH=$(PY311):\$$PATH:"
+	@echo "  ansible-playbook -i inventories/lab playbooks/onboard_domain.yml -e domain=links.example.net"
+	@echo "  ansible-playbook -i inventories/lab playbooks/status.yml"
 
 # The suite: every step runs (pytest last, so its closing line ends the output);
 # the exit status says whether any step failed.
@@ -60,9 +61,16 @@ integration:
 	$(PY311)/python -m pytest tests/lab -q
 	$(PY313)/python -m pytest tests/lab -q
 
-# Roles on a real Debian 12 host (systemd as PID 1, booted with systemd-nspawn, reached over SSH).
+# Roles on a real Debian 12 host (systemd as PID 1, booted with systemd-nspawn, reached over SSH):
+# default (onboarding, idempotence, check mode) and renewal (short-lived certificate renewed by the timer).
+# Each scenario runs even if the other failed; the exit status says whether any failed.
 molecule:
-	cd $(ROOT) && PATH=$(PY313):$$PATH molecule test -s default
+	@cd $(ROOT) && status=0; \
+	for scenario in default renewal; do \
+	  echo "=== molecule $$scenario ==="; \
+	  PATH=$(PY313):$$PATH molecule test -s $$scenario || { echo "=== molecule $$scenario FAILED ==="; status=1; }; \
+	done; \
+	exit $$status
 
 lint:
 	cd $(ROOT) && PATH=$(PY313):$$PATH ansible-lint --profile production

@@ -21,6 +21,7 @@ import http.client
 import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -53,7 +54,9 @@ PORT_KEYS: Tuple[str, ...] = tuple(PORT_ENV)
 SERVICES: Dict[str, str] = {"challtestsrv": "pebble-challtestsrv", "pebble": "pebble", "nginx": "nginx"}
 
 PEBBLE_ENV_DEFAULTS: Dict[str, str] = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
-ADDR_PLACEHOLDERS: Tuple[str, ...] = ("{{ lab_addr }}", "{{lab_addr}}")
+#: Seed-file placeholders: ``{{ lab_addr }}`` (where the lab listens) and ``{{ edge_addr }}`` (where the
+#: customers' names must lead: the edge serving them, the lab's own address unless LINKCERT_LAB_EDGE_ADDR says).
+PLACEHOLDERS: Tuple[str, ...] = ("lab_addr", "edge_addr")
 DEFAULT_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
@@ -293,16 +296,14 @@ def _caa_policy(item: Any) -> Dict[str, str]:
     return {"tag": tag, "value": value.strip().strip('"')}
 
 
-def _substitute(obj: Any, addr: str) -> Any:
-    """Replace the ``{{ lab_addr }}`` placeholder in every string of ``obj``."""
+def _substitute(obj: Any, values: Mapping[str, str]) -> Any:
+    """Replace the ``{{ lab_addr }}`` / ``{{ edge_addr }}`` placeholders in every string of ``obj``."""
     if isinstance(obj, str):
-        for placeholder in ADDR_PLACEHOLDERS:
-            obj = obj.replace(placeholder, addr)
-        return obj
+        return re.sub(r"\{\{\s*(%s)\s*\}\}" % "|".join(PLACEHOLDERS), lambda m: values[m.group(1)], obj)
     if isinstance(obj, Mapping):
-        return {key: _substitute(val, addr) for key, val in obj.items()}
+        return {key: _substitute(val, values) for key, val in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_substitute(val, addr) for val in obj]
+        return [_substitute(val, values) for val in obj]
     return obj
 
 
@@ -445,10 +446,11 @@ class Lab:
                  extra_addrs: Sequence[str] = (), default_ipv4: Optional[str] = None, cert_validity: Optional[int] = None,
                  nginx: bool = True, eab: Optional[Mapping[str, str]] = None, pebble_env: Optional[Mapping[str, str]] = None,
                  timeout: float = DEFAULT_TIMEOUT, binaries: Optional[Mapping[str, str]] = None,
-                 domain_blocklist: Sequence[str] = ()) -> None:
+                 domain_blocklist: Sequence[str] = (), edge_addr: Optional[str] = None) -> None:
         """Describe a lab; nothing is touched on disk until :meth:`start`."""
         self.dir = Path(dir).expanduser().resolve()
         self.addr = addr
+        self.edge_addr = edge_addr or addr
         self.extra_addrs = [a for a in extra_addrs if a and a != addr]
         unknown = set(ports or {}) - set(PORT_KEYS)
         if unknown:
@@ -495,6 +497,7 @@ class Lab:
             eab=_parse_eab(env.get("LINKCERT_LAB_EAB", "")),
             pebble_env=pebble_env,
             timeout=_env_number(env, "LINKCERT_LAB_TIMEOUT", DEFAULT_TIMEOUT, float),
+            edge_addr=env.get("LINKCERT_LAB_EDGE_ADDR", "").strip() or None,
         )
 
     def _validate(self) -> None:
@@ -513,6 +516,10 @@ class Lab:
             raise LabError("LINKCERT_LAB_CERT_VALIDITY must be a positive number of seconds")
         if self.timeout <= 0:
             raise LabError("LINKCERT_LAB_TIMEOUT must be a positive number of seconds")
+        try:
+            ipaddress.ip_address(self.edge_addr)
+        except ValueError:
+            raise LabError(f"LINKCERT_LAB_EDGE_ADDR: {self.edge_addr!r} is not an IP address") from None
 
     # ------------------------------------------------------------------ paths
 
@@ -550,6 +557,11 @@ class Lab:
         return [name for name in SERVICES if name != "nginx" or self.nginx]
 
     @property
+    def placeholders(self) -> Dict[str, str]:
+        """Values of the seed-file placeholders."""
+        return {"lab_addr": self.addr, "edge_addr": self.edge_addr}
+
+    @property
     def all_addrs(self) -> List[str]:
         """Main address followed by the extra ones."""
         return [self.addr] + self.extra_addrs
@@ -562,6 +574,7 @@ class Lab:
         values = {
             "LINKCERT_LAB_DIR": str(self.dir),
             "LINKCERT_LAB_ADDR": self.addr,
+            "LINKCERT_LAB_EDGE_ADDR": self.edge_addr,
             "LINKCERT_LAB_EXTRA_ADDRS": ",".join(self.extra_addrs),
             "LINKCERT_LAB_DEFAULT_IPV4": self.default_ipv4,
         }
@@ -951,12 +964,12 @@ class Lab:
 
     def _load_seed(self, source: Union[PathLike, Mapping[str, Any]]) -> Dict[str, Any]:
         if isinstance(source, Mapping):
-            data: Any = _substitute(dict(source), self.addr)
+            data: Any = _substitute(dict(source), self.placeholders)
         else:
             import yaml
 
             try:
-                data = yaml.safe_load(_substitute(Path(source).read_text(), self.addr)) or {}
+                data = yaml.safe_load(_substitute(Path(source).read_text(), self.placeholders)) or {}
             except (OSError, yaml.YAMLError) as exc:
                 raise LabError(f"cannot load seed file {source}: {exc}") from None
         if not isinstance(data, Mapping):

@@ -42,8 +42,9 @@ from ansible_collections.mailops.linkcert.plugins.module_utils._resolver import 
 VALIDATION_FAILURES = frozenset(("acme_unauthorized", "acme_connection", "acme_dns", "acme_incorrect_response", "acme_caa", "acme_tls",
                                  "acme_rejected_identifier"))
 FEATURES_MAX_AGE = datetime.timedelta(days=1)
+# The installed files' paths are kept too, so a play can serve every certificate on record (not only this run's).
 STATE_KEYS = ("domain", "names", "ssl_status", "label", "reason", "message", "remediation", "action", "serial", "issuer",
-              "not_before", "not_after", "renew_after")
+              "not_before", "not_after", "renew_after", "privkey", "cert", "chain", "fullchain")
 
 
 class Settings(t.NamedTuple):

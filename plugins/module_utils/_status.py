@@ -123,7 +123,7 @@ def statuses(domains: t.Sequence[t.Any], verify_results: t.Optional[t.Sequence[t
 
 
 def table(entries: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
-    """Aligned lines under a header: domain, label, detail (expiry, or reason and the record to publish)."""
+    """Aligned lines under a header: domain, label, detail (expiry and next renewal, or reason and the record to publish)."""
     if not entries:
         return ["(no domains)"]
     width = max([len(str(e["domain"])) for e in entries] + [len("DOMAIN")])
@@ -131,6 +131,8 @@ def table(entries: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
     for entry in entries:
         if entry.get("ssl_status") == ISSUED and entry.get("not_after"):
             detail = "expires %s" % str(entry["not_after"])[:10]
+            if entry.get("renew_after"):
+                detail += ", renews from %s" % str(entry["renew_after"])[:10]
         else:
             detail = entry.get("reason", "")
             if entry.get("remediation"):

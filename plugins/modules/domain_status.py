@@ -15,7 +15,8 @@ description:
     into C(STATE_ROOT/DOMAIN.json), the file M(mailops.linkcert.acme_http01_cert) keeps for each domain, so a domain that
     never reached the CA (DNS or CAA not ready) has its status and remediation on record too.
   - Other fields of the file are kept. A file is rewritten (atomically, under the domain's lock) only when a field changes.
-  - Without O(statuses), reads every domain's state file and returns them (nothing is written).
+  - Without O(statuses), only reads. Either way it returns every domain's state found in O(state_root), so a play can
+    serve every certificate on record, including those of domains this run did not touch.
 author:
   - linkcert maintainers (@mailops)
 attributes:
@@ -61,7 +62,7 @@ updated:
   elements: str
 domains:
   description: Every domain's state (the content of its state file, without the failure history), sorted by domain.
-  returned: when O(statuses) is omitted
+  returned: always
   type: list
   elements: dict
 """
@@ -130,7 +131,7 @@ def main():
                     store.save(domain, dict(latest, domain=domain, **fields))
     except LinkcertError as exc:
         exc.fail(module)
-    module.exit_json(changed=bool(updated), updated=updated)
+    module.exit_json(changed=bool(updated), updated=updated, domains=_read_all(module.params["state_root"]))
 
 
 if __name__ == "__main__":

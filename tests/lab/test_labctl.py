@@ -135,6 +135,18 @@ def test_seed_demo_dns(lab: labctl.Lab) -> None:
     assert len(answers(lab, "em.example.net", "TXT")["TXT"]) == 2
 
 
+def test_seed_placeholders_name_the_lab_and_the_edge(tmp_path: Path) -> None:
+    values = {"lab_addr": "198.18.1.1", "edge_addr": "198.18.1.2"}
+    got = labctl._substitute({"records": [{"a": ["{{ edge_addr }}", "{{lab_addr}}"], "txt": ["ip4:{{  edge_addr }} -all"]}]}, values)
+    assert got == {"records": [{"a": ["198.18.1.2", "198.18.1.1"], "txt": ["ip4:198.18.1.2 -all"]}]}
+    edge = labctl.Lab.from_env({"LINKCERT_LAB_DIR": str(tmp_path), "LINKCERT_LAB_ADDR": "198.18.1.1",
+                                "LINKCERT_LAB_EDGE_ADDR": "198.18.1.2"})
+    assert edge.placeholders == values and edge.env()["LINKCERT_LAB_EDGE_ADDR"] == "198.18.1.2"
+    assert labctl.Lab.from_env({"LINKCERT_LAB_DIR": str(tmp_path)}).placeholders["edge_addr"] == "127.0.0.1"
+    with pytest.raises(labctl.LabError, match="LINKCERT_LAB_EDGE_ADDR: 'edge; rm' is not an IP address"):
+        labctl.Lab.from_env({"LINKCERT_LAB_DIR": str(tmp_path), "LINKCERT_LAB_EDGE_ADDR": "edge; rm"})
+
+
 def test_seed_is_idempotent(lab: labctl.Lab) -> None:
     lab.seed(REPO / "lab" / "demo-dns.yml")
     lab.seed(REPO / "lab" / "demo-dns.yml")

@@ -1,67 +1,188 @@
-"""playbooks/onboard_domain.yml on the lab inventory, as ops run it."""
+"""`make demo`'s path end to end: lab/edgelab.py boots an edge (Debian 12, systemd, nginx) with Pebble
+and DNS beside it, and playbooks/onboard_domain.yml, renew.yml (under ansible-runner, as AWX runs it)
+and status.yml run on inventories/lab exactly as a user runs them."""
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
 import re
+import socket
+import ssl
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
 
 import pytest
-from labtools import REPO, run_playbook
+from labtools import BIN, REPO, ansible_env, run_playbook
 
-pytestmark = [pytest.mark.lab, pytest.mark.integration]
+pytestmark = [pytest.mark.lab, pytest.mark.integration, pytest.mark.testhost]
 
 PLAYBOOK = "playbooks/onboard_domain.yml"
 INVENTORY = "inventories/lab"
+EDGELAB = REPO / "lab" / "edgelab.py"
+TESTHOST = REPO / "scripts" / "testhost.py"
+GOOD = ("links.example.com", "em.example.com")
 
 
 @pytest.fixture(scope="module")
-def lab_env(lab):
-    lab.seed(str(REPO / "lab" / "demo-dns.yml"))
-    return lab.env()
+def edge_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any]]:
+    """The demo's lab on free ports in a directory of its own, with an edge named for this process."""
+    lab_dir = tmp_path_factory.mktemp("edgelab")
+    env = dict(os.environ, LINKCERT_LAB_DIR=str(lab_dir), LINKCERT_LAB_EDGE_HOST="pe-%d" % os.getpid(), PEBBLE_AUTHZREUSE="0")
+    for var in ("ACME", "ACME_MGMT", "TLS", "DNS", "DNS_MGMT"):
+        env["LINKCERT_LAB_%s_PORT" % var] = "auto"
+    start = subprocess.run([sys.executable, str(EDGELAB), "start"], env=env, capture_output=True, text=True, check=False)
+    try:
+        assert start.returncode == 0, start.stdout + start.stderr
+        info = json.loads((lab_dir / "lab.json").read_text())
+        info["edge"] = json.loads((lab_dir / "edge.json").read_text())
+        info["env"] = {"LINKCERT_LAB_DIR": str(lab_dir)}
+        yield info
+    finally:
+        subprocess.run([sys.executable, str(EDGELAB), "stop"], env=env, check=False)
+    assert not (lab_dir / "edge.json").exists()
 
 
-def table(stdout):
-    """The status lines printed by the 'Show the status table' task."""
-    section = stdout.split("TASK [Show the status table]", 1)[1].split("TASK [", 1)[0]
+@pytest.fixture(scope="module")
+def pebble_root(edge_lab: Dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    context = ssl.create_default_context(cafile=edge_lab["LINKCERT_LAB_CA_BUNDLE"])
+    with urllib.request.urlopen(edge_lab["LINKCERT_LAB_PEBBLE_MGMT"] + "/roots/0", context=context, timeout=10) as response:
+        path = tmp_path_factory.mktemp("pebble") / "root.pem"
+        path.write_bytes(response.read())
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(edge_lab: Dict[str, Any]):
+    return run_playbook(PLAYBOOK, INVENTORY, env=edge_lab["env"])
+
+
+def table(stdout: str) -> List[str]:
+    """The status lines printed by the certificate role's report."""
+    section = stdout.split("TASK [mailops.linkcert.certificate : Report every domain]", 1)[1].split("TASK [", 1)[0]
     return [line.strip() for line in section.splitlines() if "  SSL " in line]
 
 
-def test_onboard_reports_each_domain_and_is_idempotent(lab_env):
-    first = run_playbook(PLAYBOOK, INVENTORY, env=lab_env)
-    assert first.rc == 0, first.stdout + first.stderr
-    assert first.total("changed") == 0 and first.total("failed") == 0
-    lines = table(first.stdout)
-    assert len(lines) == 5, lines
-    rows = {line.split()[0]: line for line in lines}
-    assert re.search(r"links\.example\.com\s+SSL Pending\s+awaiting_issuance", rows["links.example.com"])
-    assert "SSL Unknown" in rows["links.example.net"] and 'publish example.net. CAA 0 issue "letsencrypt.org"' in rows["links.example.net"]
-    assert "SSL Unknown" in rows["click.example.org"] and "dns_not_ready" in rows["click.example.org"]
-    assert "SSL Pending" in rows["em.example.com"]
-    assert "SSL Unknown" in rows["em.example.net"] and "publish em.example.net. A 127.0.0.1" in rows["em.example.net"]
+def served(edge_lab: Dict[str, Any], pebble_root: Path, name: str) -> Dict[str, Any]:
+    """The certificate the edge serves for NAME by SNI, verified against Pebble's root."""
+    context = ssl.create_default_context(cafile=str(pebble_root))
+    with socket.create_connection((edge_lab["edge"]["ansible_host"], 443), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            return tls.getpeercert()
 
-    second = run_playbook(PLAYBOOK, INVENTORY, env=lab_env)
-    assert second.rc == 0 and second.total("changed") == 0
+
+def on_edge(edge_lab: Dict[str, Any], command: str) -> str:
+    proc = subprocess.run([sys.executable, str(TESTHOST), "exec", edge_lab["edge"]["linkcert_lab_edge_host"], "--", "sh", "-c", command],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_onboarding_issues_serves_and_reports_each_domain(edge_lab, first_run, pebble_root):
+    assert first_run.rc == 0, first_run.stdout + first_run.stderr
+    assert first_run.total("failed") == 0 and first_run.total("changed") > 0
+    rows = {line.split()[0]: line for line in table(first_run.stdout)}
+    assert sorted(rows) == sorted(["links.example.com", "links.example.net", "click.example.org", "em.example.com", "em.example.net"])
+    expiry = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=90)).date()
+    for name in GOOD:
+        match = re.search(r"SSL Issued\s+expires (\d{4}-\d\d-\d\d)", rows[name])
+        assert match, rows[name]
+        assert abs((datetime.date.fromisoformat(match.group(1)) - expiry).days) <= 1
+        cert = served(edge_lab, pebble_root, name)
+        assert ("DNS", name) in cert["subjectAltName"]
+        state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
+        assert state["ssl_status"] == "issued" and state["label"] == "SSL Issued"
+        assert int(state["serial"], 16) == int(cert["serialNumber"], 16)
+        assert on_edge(edge_lab, "stat -L -c '%a %U' " + state["privkey"]).split() == ["600", "root"]
+    assert re.search(r'SSL Unknown\s+caa_blocked: publish example\.net\. CAA 0 issue "letsencrypt\.org"', rows["links.example.net"])
+    assert re.search(r"SSL Unknown\s+dns_not_ready: publish click\.example\.org\. CNAME edge\.linkcert\.example\.", rows["click.example.org"])
+    assert "SSL Unknown" in rows["em.example.net"] and "publish em.example.net. A %s" % edge_lab["edge"]["ansible_host"] in rows["em.example.net"]
+    # The domains the customer must fix are on record with their remediation, and have no certificate.
+    state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/links.example.net.json"))
+    assert state["ssl_status"] == "unknown" and state["reason"] == "caa_blocked" and not state.get("serial")
+    assert on_edge(edge_lab, "ls /etc/linkcert/live").split() == sorted(GOOD)
+    # The renewal timer is installed and waiting.
+    assert on_edge(edge_lab, "systemctl is-active linkcert-renew.timer").strip() == "active"
+
+
+def test_second_run_and_check_mode_change_nothing(edge_lab, first_run):
+    lines = table(first_run.stdout)
+    second = run_playbook(PLAYBOOK, INVENTORY, env=edge_lab["env"])
+    assert second.rc == 0 and second.total("changed") == 0, second.stdout
     assert table(second.stdout) == lines
-
-    check = run_playbook(PLAYBOOK, INVENTORY, env=lab_env, check=True)
-    assert check.rc == 0 and check.total("changed") == 0
+    check = run_playbook(PLAYBOOK, INVENTORY, env=edge_lab["env"], check=True)
+    assert check.rc == 0 and check.total("changed") == 0, check.stdout
     assert table(check.stdout) == lines
 
 
-def test_verify_now_for_one_domain(lab_env):
-    run = run_playbook(PLAYBOOK, INVENTORY, extra_vars={"domain": "Links.Example.NET."}, env=lab_env)
+def test_verify_now_handles_one_domain_and_keeps_the_others_served(edge_lab, first_run, pebble_root):
+    run = run_playbook(PLAYBOOK, INVENTORY, extra_vars={"domain": "Links.Example.NET."}, env=edge_lab["env"])
     assert run.rc == 0, run.stdout
     lines = table(run.stdout)
     assert len(lines) == 1 and lines[0].startswith("links.example.net") and "caa_blocked" in lines[0]
+    assert run.total("changed") == 0
+    for name in GOOD:
+        assert ("DNS", name) in served(edge_lab, pebble_root, name)["subjectAltName"]
 
 
-def test_fail_on_unknown(lab_env):
-    run = run_playbook(PLAYBOOK, INVENTORY, extra_vars={"linkcert_fail_on": "unknown"}, env=lab_env)
+@pytest.mark.parametrize("domain, message", [
+    ("links.example.com; rm -rf /", "-e domain 'links.example.com; rm -rf /' contains the character ';'"),
+    ("../../etc/passwd", "-e domain '../../etc/passwd' contains the character '/'"),
+    ("links.example.org", "-e domain links.example.org is not in linkcert_domains"),
+])
+def test_a_bad_or_unknown_domain_stops_before_anything_runs(edge_lab, first_run, domain, message):
+    run = run_playbook(PLAYBOOK, INVENTORY, extra_vars={"domain": domain}, env=edge_lab["env"])
     assert run.rc != 0
-    assert "links.example.net" in run.stdout and "click.example.org" in run.stdout
-    assert run.total("failed") == 1
+    assert message in " ".join(run.stdout.split()), run.stdout
+    assert "TASK [mailops.linkcert.challenge_webroot" not in run.stdout
+    assert run.total("changed") == 0
 
 
-def test_bad_domain_is_rejected_by_name(lab_env):
-    run = run_playbook(PLAYBOOK, INVENTORY, extra_vars={"domain": "links.example.com; rm -rf /"}, env=lab_env)
-    assert run.rc != 0
-    assert "contains the character ';'" in run.stdout
+def test_fail_on_unknown_fails_after_reporting(edge_lab, first_run):
+    run = run_playbook(PLAYBOOK, INVENTORY, extra_vars={"linkcert_fail_on": "unknown"}, env=edge_lab["env"])
+    assert run.rc != 0 and run.total("failed") == 1
+    assert len(table(run.stdout)) == 5
+    assert "Domains not ready: links.example.net, click.example.org, em.example.net" in run.stdout
+
+
+def test_renew_under_ansible_runner_hands_awx_the_summary(edge_lab, first_run, tmp_path):
+    """renew.yml as AWX runs it: ansible-runner with a private data dir; the summary is in the artifacts."""
+    private = tmp_path / "runner"
+    (private / "env").mkdir(parents=True)
+    (private / "project").symlink_to(REPO)
+    env = ansible_env(edge_lab["env"])
+    (private / "env" / "envvars").write_text(json.dumps({key: env[key] for key in (
+        "ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_HOME", "LINKCERT_LAB_DIR", "ANSIBLE_NOCOLOR")}))
+    proc = subprocess.run([str(BIN / "ansible-runner"), "run", str(private), "-p", "playbooks/renew.yml",
+                           "--inventory", str(REPO / INVENTORY), "--ident", "renew-1"],
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    artifacts = private / "artifacts" / "renew-1"
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (artifacts / "status").read_text() == "successful"
+    assert (artifacts / "rc").read_text() == "0"
+    events = [json.loads(p.read_text()) for p in sorted((artifacts / "job_events").glob("*.json"))]
+    stats = [e for e in events if e.get("event") == "playbook_on_stats"]
+    assert len(stats) == 1
+    summary = stats[0]["event_data"]["artifact_data"]["linkcert_renewal"]["lab-edge"]
+    assert sorted(summary["issued"]) == sorted(GOOD)
+    assert sorted(summary["unknown"]) == ["click.example.org", "em.example.net", "links.example.net"]
+    assert summary["renewed"] == [] and summary["failed"] == [] and summary["pending"] == []
+    # Nothing was due: the unattended run changed nothing on the edge.
+    assert stats[0]["event_data"]["changed"] == {}
+
+
+def test_status_playbook_writes_every_domain_with_its_next_renewal(edge_lab, first_run, tmp_path):
+    out = tmp_path / "status.json"
+    run = run_playbook("playbooks/status.yml", INVENTORY, extra_vars={"linkcert_status_file": str(out)}, env=edge_lab["env"])
+    assert run.rc == 0, run.stdout
+    domains = {d["domain"]: d for d in json.loads(out.read_text())["edges"]["lab-edge"]}
+    assert len(domains) == 5
+    for name in GOOD:
+        assert domains[name]["label"] == "SSL Issued" and domains[name]["not_after"] and domains[name]["renew_after"]
+        assert domains[name]["not_after"] > domains[name]["renew_after"]
+    assert domains["links.example.net"]["reason"] == "caa_blocked"
+    assert domains["links.example.net"]["remediation"] == 'example.net. CAA 0 issue "letsencrypt.org"'

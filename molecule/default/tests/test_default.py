@@ -1,38 +1,14 @@
 """Testinfra checks of the converged edge: a real Debian 12 host with systemd as PID 1."""
 
 import json
-import os
 import socket
 import ssl
 import urllib.request
-from pathlib import Path
 
 import pytest
-import yaml
 
-EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "."))
 STATE = "/var/lib/linkcert/state"
 LIVE = "/etc/linkcert/live"
-
-
-@pytest.fixture(scope="module")
-def lab():
-    return json.loads((EPHEMERAL / "lab" / "lab.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def edge_addr():
-    instances = yaml.safe_load((EPHEMERAL / "instance_config.yml").read_text())
-    return instances[0]["address"]
-
-
-@pytest.fixture(scope="module")
-def pebble_root(lab, tmp_path_factory):
-    context = ssl.create_default_context(cafile=lab["LINKCERT_LAB_CA_BUNDLE"])
-    with urllib.request.urlopen(lab["LINKCERT_LAB_PEBBLE_MGMT"] + "/roots/0", context=context, timeout=10) as response:
-        path = tmp_path_factory.mktemp("pebble") / "root.pem"
-        path.write_bytes(response.read())
-    return path
 
 
 def state(host, domain):

@@ -77,3 +77,9 @@ def test_acme_input_keeps_ready_and_allowed():
     ver = [verify("a.c.com"), verify("b.c.com"), verify("c.c.com", "mismatch")]
     caa = [{"domain": "a.c.com", "allowed": True}, {"domain": "b.c.com", "allowed": False}]
     assert _status.acme_input(domains, ver, caa) == [{"domain": "a.c.com", "alt_names": ["www.a.c.com"]}]
+
+
+def test_table_shows_the_next_renewal_of_an_issued_domain():
+    entry = {"domain": "a.c.com", "ssl_status": "issued", "label": "SSL Issued", "not_after": "2027-02-21T00:00:00Z",
+             "renew_after": "2027-01-22T08:00:00Z"}
+    assert _status.table([entry])[1] == "a.c.com  SSL Issued   expires 2027-02-21, renews from 2027-01-22"

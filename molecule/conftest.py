@@ -1,0 +1,35 @@
+"""Fixtures shared by the molecule scenarios' testinfra checks: the scenario's lab and its edge."""
+
+import json
+import os
+import ssl
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "."))
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """The lab create.yml started (lab.json: addresses, ports, CA bundle)."""
+    return json.loads((EPHEMERAL / "lab" / "lab.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def edge_addr():
+    """The first test host's address."""
+    instances = yaml.safe_load((EPHEMERAL / "instance_config.yml").read_text())
+    return instances[0]["address"]
+
+
+@pytest.fixture(scope="module")
+def pebble_root(lab, tmp_path_factory):
+    """Pebble's root certificate, which issued certificates chain to."""
+    context = ssl.create_default_context(cafile=lab["LINKCERT_LAB_CA_BUNDLE"])
+    with urllib.request.urlopen(lab["LINKCERT_LAB_PEBBLE_MGMT"] + "/roots/0", context=context, timeout=10) as response:
+        path = tmp_path_factory.mktemp("pebble") / "root.pem"
+        path.write_bytes(response.read())
+    return path
