@@ -61,12 +61,13 @@ integration:
 	$(PY311)/python -m pytest tests/lab -q
 	$(PY313)/python -m pytest tests/lab -q
 
-# Roles on a real Debian 12 host (systemd as PID 1, booted with systemd-nspawn, reached over SSH):
-# default (onboarding, idempotence, check mode) and renewal (short-lived certificate renewed by the timer).
-# Each scenario runs even if the other failed; the exit status says whether any failed.
+# Roles on real Debian 12 hosts (systemd as PID 1, booted with systemd-nspawn, reached over SSH): default
+# (onboarding, idempotence, check mode), renewal (short-lived certificate renewed by the timer) and fleet
+# (two edges behind one name, one order per certificate). Each scenario runs even if another failed; the
+# exit status says whether any failed.
 molecule:
 	@cd $(ROOT) && status=0; \
-	for scenario in default renewal; do \
+	for scenario in default renewal fleet; do \
 	  echo "=== molecule $$scenario ==="; \
 	  PATH=$(PY313):$$PATH molecule test -s $$scenario || { echo "=== molecule $$scenario FAILED ==="; status=1; }; \
 	done; \
@@ -86,9 +87,12 @@ build:
 	  echo "test-only files leaked into the build"; exit 1; fi
 	@ls -l .work/build
 
-# Benchmarks, never timed tests: per-certificate protocol time against a bare acme-library client.
+# Benchmarks, never timed tests: one run on a lab edge (onboarding against certbot and lego, the no-op
+# re-run, renewal with nothing due, DNS verification, the ACME protocol floor), printed as one table and
+# written to bench/results/latest.json; sizes from BENCH_N etc. (bench/README.md). The edge's test host
+# root (with certbot, lego and GNU time) is built by lab/edgelab.py when missing or outdated.
 bench: deps
-	$(PY311)/python bench/acme_protocol.py --count $${BENCH_COUNT:-20} --json .work/bench-acme.json
+	$(PY311)/python bench/edge.py
 
 clean: lab-stop
 	rm -rf .work .lab tests/output

@@ -33,3 +33,10 @@ def pebble_root(lab, tmp_path_factory):
         path = tmp_path_factory.mktemp("pebble") / "root.pem"
         path.write_bytes(response.read())
     return path
+
+
+@pytest.fixture(scope="module")
+def edge_addrs():
+    """Every test host's address, by inventory name."""
+    instances = yaml.safe_load((EPHEMERAL / "instance_config.yml").read_text())
+    return {entry["instance"]: entry["address"] for entry in instances}

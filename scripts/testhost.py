@@ -60,11 +60,12 @@ VARIANT = "minbase"
 #: python3-apt lets ansible.builtin.apt check (not install) packages without network access.
 #: python3-cffi-backend is named because debootstrap does not resolve virtual packages
 #: (python3-cryptography depends on python3-cffi-backend-api-min/-max, which it provides).
+#: certbot, lego and time (GNU time) are for `make bench`, which compares onboarding with them on the edge.
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "python3", "openssh-server", "iproute2", "nginx",
     "ca-certificates", "openssl", "python3-acme", "python3-josepy", "python3-cryptography",
     "python3-cffi-backend", "python3-dnspython", "python3-idna", "python3-requests", "python3-apt",
-    "curl", "procps",
+    "curl", "procps", "certbot", "lego", "time",
 )
 #: Bump when the post-debootstrap configuration below changes, so cached roots are rebuilt.
 ROOT_CONFIG_VERSION = 1
@@ -148,12 +149,17 @@ def host_ifname(name: str) -> str:
     return f"lch-{name[:IFNAMSIZ - 9].rstrip('-')}-{digest}"
 
 
+#: Shared by every checkout on the machine (subnet allocation); the per-checkout lock is in the base directory.
+NET_LOCK = Path("/run/lock/linkcert-testhost-net.lock")
+
+
 @contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    """Serialise root builds, copies and address allocation between concurrent invocations."""
-    base = base_dir()
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / ".lock", "w") as handle:
+def _locked(path: Optional[Path] = None) -> Iterator[None]:
+    """Serialise root builds and copies (the base directory's lock), or whatever ``path`` names."""
+    if path is None:
+        path = base_dir() / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -523,10 +529,13 @@ class Instance:
                 copy_started = time.monotonic()
                 _run(["cp", "-a", "--reflink=auto", str(root), str(self.root)], timeout=600)
                 _log(f"copied the root in {time.monotonic() - copy_started:.1f}s")
+            # Addresses are machine-wide: hold a lock every checkout shares from choosing a subnet until its
+            # veth carries it, so test hosts of two checkouts (or two suites) never pick the same one.
+            with _locked(NET_LOCK):
                 net = self._allocate_net()
                 _write(self.net_file, json.dumps(net, indent=2) + "\n")
+                self._setup_net(net)
             self._prepare_root(net)
-            self._setup_net(net)
             boot_started = time.monotonic()
             self._wait_ready(net, self._boot())
         except BaseException as exc:

@@ -32,7 +32,8 @@ from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_rene
 from ansible_collections.mailops.linkcert.plugins.module_utils import _status
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_client import AcmeClient, AcmeProblem
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_state import StateStore, guard_until, iso, parse_iso, record_failure
-from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import CertStore, atomic_write
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import CertStore
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_sync import account_key
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError, LinkcertError
 from ansible_collections.mailops.linkcert.plugins.module_utils._names import normalize_domain
 from ansible_collections.mailops.linkcert.plugins.module_utils._pool import map_bounded
@@ -192,13 +193,7 @@ class Runner:
             return self._client
 
     def _account_key(self) -> t.Any:
-        path = Path(self.s.account_key)
-        if path.exists():
-            return keys.load_key_pem(path.read_bytes(), item=str(path))
-        key = keys.generate_key("ec256")
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write(path, keys.key_to_pem(key), mode=0o600)
-        return key
+        return account_key(self.s.account_key, create=True)[0]
 
     # ------------------------------------------------------------- run
 

@@ -19,16 +19,8 @@ description:
     serve every certificate on record, including those of domains this run did not touch.
 author:
   - linkcert maintainers (@mailops)
-attributes:
-  check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
-    support: full
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
-    support: none
-  idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
-    support: full
+extends_documentation_fragment:
+  - mailops.linkcert.state
 options:
   state_root:
     description: The state directory (C(linkcert_state_root)).
