@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -34,11 +33,16 @@ def short_lab(tmp_path_factory):
 
 
 def install_runner(lib: Path) -> Path:
-    """Lay the runner out as the renewal role does: the runner beside the collection's module_utils."""
-    target = lib / "ansible_collections" / "mailops" / "linkcert" / "plugins" / "module_utils"
-    shutil.copytree(REPO / "plugins" / "module_utils", target, ignore=shutil.ignore_patterns("__pycache__"))
-    runner = lib / "linkcert-renew.py"
-    shutil.copy(REPO / "roles" / "renewal" / "files" / "linkcert-renew.py", runner)
+    """Build the runner as the renewal role does: one executable zip with the collection's module_utils."""
+    lib.mkdir(parents=True, exist_ok=True)
+    runner = lib / "linkcert-renew.pyz"
+    files = REPO / "roles" / "renewal" / "files"
+    subprocess.run([sys.executable, str(files / "pack_runner.py"), str(files / "linkcert-renew.py"),
+                    str(REPO / "plugins" / "module_utils"), str(runner)], check=True)
+    again = lib / "again.pyz"
+    subprocess.run([sys.executable, str(files / "pack_runner.py"), str(files / "linkcert-renew.py"),
+                    str(REPO / "plugins" / "module_utils"), str(again)], check=True)
+    assert again.read_bytes() == runner.read_bytes()  # deterministic: an unchanged collection copies nothing
     return runner
 
 
