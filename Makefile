@@ -19,7 +19,7 @@ export ANSIBLE_HOME := $(ROOT)/.work/ansible-home
 help:
 	@echo "make demo   - install what is needed, start the local lab, onboard the example domains, print the status table"
 	@echo "make test   - install what is needed and run the whole suite (unit, integration, ansible-lint, ansible-test sanity, build)"
-	@echo "make bench  - benchmarks on the lab (ACME protocol time per certificate against a bare acme client)"
+	@echo "make bench  - one table on a lab edge: onboarding vs certbot and lego, no-op re-run, renewal and DNS at 1,000 domains, protocol floor"
 	@echo "make lab-start | lab-stop | lab-status - the local lab alone (ports from LINKCERT_LAB_* variables)"
 
 deps:

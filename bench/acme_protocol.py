@@ -36,8 +36,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "lab"))
+sys.path.insert(0, str(REPO / "tests" / "lab"))
 
 import labctl  # noqa: E402
+from labtools import ansible_env  # noqa: E402
 
 import josepy as jose  # noqa: E402
 from acme import challenges, messages  # noqa: E402
@@ -50,7 +52,6 @@ ADDR = "127.0.0.1"
 WORK = REPO / ".work" / "bench-lab"
 LAB_DIR = WORK / "lab"
 MODULE_DIR = WORK / "module"
-COLLECTIONS = REPO / ".work" / "collections"
 PEBBLE_ENV = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
 MODULE = "mailops.linkcert.acme_http01_cert"
 POLL_SLEEP = 0.01       # seconds between polls of the floor client
@@ -157,7 +158,8 @@ def _issue_one(client: acme_client.ClientV2, jwk: jose.JWK, webroot: Path, csr_p
             path.unlink(missing_ok=True)
 
 
-def run_floor(lab: labctl.Lab, names: Sequence[str]) -> Dict[str, Any]:
+def run_floor(lab: labctl.Lab, names: Sequence[str], webroot: Optional[Path] = None) -> Dict[str, Any]:
+    """Issue ``names`` one after the other; ``webroot`` is where the lab's HTTP-01 server reads (default: the lab's nginx)."""
     env = lab.env()
     account_key = ec.generate_private_key(ec.SECP256R1())
     jwk = jose.JWKEC(key=account_key)
@@ -165,7 +167,7 @@ def run_floor(lab: labctl.Lab, names: Sequence[str]) -> Dict[str, Any]:
     directory = acme_client.ClientV2.get_directory(env["LINKCERT_LAB_ACME_DIRECTORY"], net)
     client = acme_client.ClientV2(directory, net)
     client.new_account(messages.NewRegistration.from_data(terms_of_service_agreed=True))
-    webroot = Path(env["LINKCERT_LAB_WEBROOT"])
+    webroot = webroot or Path(env["LINKCERT_LAB_WEBROOT"])
     (webroot / challenges.HTTP01.URI_ROOT_PATH).mkdir(parents=True, exist_ok=True)
 
     times_ms: List[float] = []
@@ -188,30 +190,10 @@ def run_floor(lab: labctl.Lab, names: Sequence[str]) -> Dict[str, Any]:
 # --------------------------------------------------------------------------- module
 
 
-def ansible_env() -> Dict[str, str]:
-    link = COLLECTIONS / "ansible_collections" / "mailops" / "linkcert"
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(Path("../../../.."))
-    env = dict(os.environ)
-    env.update({
-        "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS),
-        "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false",
-        "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
-        "ANSIBLE_HOME": str(REPO / ".work" / "ansible-home"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_LOCALHOST_WARNING": "0",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
-        "ANSIBLE_DEPRECATION_WARNINGS": "0",
-    })
-    return env
-
-
 class ModuleRun:
-    """One ``ansible localhost -m MODULE`` invocation: wall time and parsed result."""
+    """One ``ansible HOST -m MODULE`` invocation (JSON result format): wall time and parsed result."""
 
-    def __init__(self, label: str, wall_s: float, proc: subprocess.CompletedProcess) -> None:
+    def __init__(self, label: str, wall_s: float, proc: subprocess.CompletedProcess, host: str = "localhost") -> None:
         self.label = label
         self.wall_s = wall_s
         self.rc = proc.returncode
@@ -219,7 +201,7 @@ class ModuleRun:
         self.stderr = proc.stderr
         self.state: Optional[str] = None
         self.result: Dict[str, Any] = {}
-        marker = "localhost | "
+        marker = host + " | "
         at = proc.stdout.find(marker)
         if at >= 0:
             head, sep, rest = proc.stdout[at + len(marker):].partition(" => ")
@@ -269,7 +251,8 @@ def run_module(label: str, args: Dict[str, Any]) -> ModuleRun:
            "-e", "ansible_python_interpreter=%s" % sys.executable, "-c", "local"]
     timeout = 120 + CERT_TIMEOUT * len(args["certificates"])
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=ansible_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+    env = ansible_env({"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
     return ModuleRun(label, time.perf_counter() - start, proc)
 
 
