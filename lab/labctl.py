@@ -146,6 +146,17 @@ def _family(addr: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
+def write_pebble_root(env: Mapping[str, str], dest: PathLike, timeout: float = 10.0) -> Path:
+    """Fetch the root certificate a running lab's Pebble issues under (its management API, verified with the
+    lab CA) into ``dest``; ``env`` is the lab's variables (``Lab.env()``, or lab.json as read)."""
+    context = ssl.create_default_context(cafile=env["LINKCERT_LAB_CA_BUNDLE"])
+    with urllib.request.urlopen(env["LINKCERT_LAB_PEBBLE_MGMT"] + "/roots/0", context=context, timeout=timeout) as response:
+        data = response.read()
+    path = Path(dest)
+    path.write_bytes(data)
+    return path
+
+
 def free_ports(count: int, addr: str = "127.0.0.1") -> List[int]:
     """Return ``count`` distinct ports that are currently free for TCP and UDP on ``addr``."""
     held: List[socket.socket] = []

@@ -2,12 +2,14 @@
 
 import json
 import os
-import ssl
-import urllib.request
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lab"))
+import labctl  # noqa: E402  (the lab's own helpers)
 
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "."))
 
@@ -28,11 +30,7 @@ def edge_addr():
 @pytest.fixture(scope="module")
 def pebble_root(lab, tmp_path_factory):
     """Pebble's root certificate, which issued certificates chain to."""
-    context = ssl.create_default_context(cafile=lab["LINKCERT_LAB_CA_BUNDLE"])
-    with urllib.request.urlopen(lab["LINKCERT_LAB_PEBBLE_MGMT"] + "/roots/0", context=context, timeout=10) as response:
-        path = tmp_path_factory.mktemp("pebble") / "root.pem"
-        path.write_bytes(response.read())
-    return path
+    return labctl.write_pebble_root(lab, tmp_path_factory.mktemp("pebble") / "root.pem")
 
 
 @pytest.fixture(scope="module")

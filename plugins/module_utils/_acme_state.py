@@ -31,7 +31,7 @@ import time
 import typing as t
 from pathlib import Path
 
-from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import atomic_write, check_domain, os_error_text, utc_stamp
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import atomic_write, check_domain, domains_in, os_error_text, utc_stamp
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError
 
 PathLike = t.Union[str, "os.PathLike[str]"]
@@ -127,6 +127,10 @@ class StateStore:
         except OSError:
             pass
         return None
+
+    def domains(self) -> t.List[str]:
+        """The domains with a state file, sorted."""
+        return domains_in(self.root, suffix=".json")
 
     def load(self, domain: str) -> t.Dict[str, t.Any]:
         """The saved state of ``domain``; {} when there is none or it was unreadable (then set aside)."""

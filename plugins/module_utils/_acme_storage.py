@@ -29,7 +29,8 @@ import tempfile
 import typing as t
 from pathlib import Path
 
-from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError
+from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError, LinkcertError
+from ansible_collections.mailops.linkcert.plugins.module_utils._names import normalize_domain
 
 PathLike = t.Union[str, "os.PathLike[str]"]
 
@@ -132,6 +133,36 @@ def _make_dir(path: Path, mode: int, enforce: bool) -> None:
         os.chmod(path, mode)
 
 
+def _entries(path: PathLike) -> t.List[os.DirEntry]:
+    """The entries of directory ``path``; none when it does not exist."""
+    try:
+        return list(os.scandir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise LinkcertError("cannot list %s: %s" % (path, os_error_text(exc)), item=str(path), reason="read_failed") from exc
+
+
+def domains_in(root: PathLike, suffix: str = "", links_only: bool = False) -> t.List[str]:
+    """Sorted domain names of the entries ``NAME + suffix`` in ``root`` (live symbolic links only, with
+    ``links_only``); entries whose NAME is not a host name in its normal form are ignored."""
+    found = []
+    for entry in _entries(root):
+        name = entry.name
+        if suffix:
+            if not name.endswith(suffix):
+                continue
+            name = name[:-len(suffix)]
+        if not name or name.startswith(".") or (links_only and not entry.is_symlink()):
+            continue
+        try:
+            if normalize_domain(name) == name:
+                found.append(name)
+        except InputError:
+            continue
+    return sorted(found)
+
+
 class CertStore:
     """Versioned certificate files under one root, one live symlink per domain."""
 
@@ -141,6 +172,10 @@ class CertStore:
     def live(self, domain: str) -> Path:
         """ROOT/DOMAIN: the path nginx uses (a symlink to the live version once installed)."""
         return self.root / check_domain(domain)
+
+    def domains(self) -> t.List[str]:
+        """The domains with a live link (installed, or being installed)."""
+        return domains_in(self.root, links_only=True)
 
     def paths(self, domain: str) -> t.Dict[str, str]:
         """The file names nginx configuration refers to, keyed privkey/cert/chain/fullchain."""
@@ -154,13 +189,7 @@ class CertStore:
     def versions(self, domain: str) -> t.List[Path]:
         """The installed version directories of ``domain``, oldest first (legacy directories moved aside are not versions)."""
         base = self.versions_dir(domain)
-        try:
-            entries = list(os.scandir(base))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        except OSError as exc:
-            raise LinkcertError("cannot list %s: %s" % (base, os_error_text(exc)), item=str(base), reason="read_failed") from exc
-        names = [entry.name for entry in entries
+        names = [entry.name for entry in _entries(base)
                  if entry.is_dir(follow_symlinks=False) and not entry.name.startswith((".", LEGACY_PREFIX))]
         return [base / name for name in sorted(names)]
 

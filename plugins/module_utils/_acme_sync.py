@@ -53,7 +53,7 @@ def export_bundle(cert_root: str, state_root: str, account_path: str, domains: t
     if domains is not None:
         wanted = [normalize_domain(d, what="domains[%d]" % i) for i, d in enumerate(domains, start=1)]
     else:
-        wanted = sorted(set(_names_in(cert_root, symlinks=True)) | set(_names_in(state_root, suffix=".json")))
+        wanted = sorted(set(store.domains()) | set(states.domains()))
     certificates = []
     for domain in wanted:
         state = {key: val for key, val in states.load(domain).items() if key not in LOCAL_FIELDS}
@@ -66,22 +66,6 @@ def export_bundle(cert_root: str, state_root: str, account_path: str, domains: t
         certificates.append(entry)
     account = Path(account_path)
     return {"account_key": account.read_text() if account.exists() else None, "certificates": certificates}
-
-
-def _names_in(root: str, symlinks: bool = False, suffix: str = "") -> t.List[str]:
-    """Domain names of the entries in ``root``: live symbolic links, or ``NAME.json`` state files."""
-    base = Path(root)
-    if not base.is_dir():
-        return []
-    names = []
-    for entry in base.iterdir():
-        if entry.name.startswith(".") or (symlinks and not entry.is_symlink()) or not entry.name.endswith(suffix):
-            continue
-        try:
-            names.append(normalize_domain(entry.name[:len(entry.name) - len(suffix)] if suffix else entry.name))
-        except InputError:
-            continue
-    return names
 
 
 def _entry(raw: t.Any, index: int) -> t.Dict[str, t.Any]:

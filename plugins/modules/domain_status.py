@@ -59,8 +59,6 @@ domains:
   elements: dict
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_state import StateStore
@@ -84,19 +82,12 @@ def _entries(statuses):
 def _read_all(state_root):
     store = StateStore(state_root)
     found = []
-    if os.path.isdir(state_root):
-        for name in sorted(os.listdir(state_root)):
-            if not name.endswith(".json") or name.startswith("."):
-                continue
-            try:
-                domain = normalize_domain(name[:-len(".json")])
-            except InputError:
-                continue
-            state = store.load(domain)
-            if state:
-                state["failed_recently"] = len(state.pop("failures", None) or [])
-                state.pop("ari", None)
-                found.append(state)
+    for domain in store.domains():
+        state = store.load(domain)
+        if state:
+            state["failed_recently"] = len(state.pop("failures", None) or [])
+            state.pop("ari", None)
+            found.append(state)
     return found
 
 

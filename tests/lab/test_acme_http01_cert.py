@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 import stat
 import subprocess
 import sys
 import threading
-import urllib.request
 from pathlib import Path
 
+import labctl
 import pytest
 from ansible import release as ansible_release
 from cryptography import x509
@@ -44,11 +43,7 @@ def args_for(lab, roots, certificates, **extra):
 
 
 def pebble_root(lab, tmp_path):
-    context = ssl.create_default_context(cafile=lab.env()["LINKCERT_LAB_CA_BUNDLE"])
-    with urllib.request.urlopen(lab.env()["LINKCERT_LAB_PEBBLE_MGMT"] + "/roots/0", context=context, timeout=10) as response:
-        path = tmp_path / "pebble-root.pem"
-        path.write_bytes(response.read())
-    return path
+    return labctl.write_pebble_root(lab.env(), tmp_path / "pebble-root.pem")
 
 
 def openssl_verify(root: Path, live: Path) -> subprocess.CompletedProcess:

@@ -12,10 +12,10 @@ import socket
 import ssl
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
+import labctl
 import pytest
 from labtools import BIN, REPO, ansible_env, run_playbook
 
@@ -49,11 +49,7 @@ def edge_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any
 
 @pytest.fixture(scope="module")
 def pebble_root(edge_lab: Dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    context = ssl.create_default_context(cafile=edge_lab["LINKCERT_LAB_CA_BUNDLE"])
-    with urllib.request.urlopen(edge_lab["LINKCERT_LAB_PEBBLE_MGMT"] + "/roots/0", context=context, timeout=10) as response:
-        path = tmp_path_factory.mktemp("pebble") / "root.pem"
-        path.write_bytes(response.read())
-    return path
+    return labctl.write_pebble_root(edge_lab, tmp_path_factory.mktemp("pebble") / "root.pem")
 
 
 @pytest.fixture(scope="module")

@@ -311,3 +311,19 @@ def test_atomic_write_read_only_directory() -> None:
     finally:
         os.chmod(directory, 0o755)
         shutil.rmtree(directory)
+
+
+def test_domains_in_lists_only_normal_host_names(tmp_path: Path) -> None:
+    for name in ("links.customer.com.json", "a.example.json", "Upper.Example.json", ".hidden.json", "notes.txt",
+                 "links.customer.com.json.corrupt-20261130", "bad name.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "sub.example.json").mkdir()
+    assert storage.domains_in(tmp_path, suffix=".json") == ["a.example", "links.customer.com", "sub.example"]
+    assert storage.domains_in(tmp_path / "missing") == []
+
+
+def test_cert_store_domains_are_the_live_links(tmp_path: Path) -> None:
+    store = CertStore(tmp_path)
+    store.install(DOMAIN, *pem_set(1))
+    (tmp_path / "not-a-link.example").mkdir()
+    assert store.domains() == [DOMAIN]
