@@ -94,8 +94,10 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-def atomic_write(path: PathLike, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: PathLike, data: bytes, mode: int = 0o644, uid: int = -1, gid: int = -1) -> None:
     """Replace ``path`` by a file holding ``data`` with permissions ``mode``, atomically and durably.
+
+    ``uid``/``gid`` (-1: the writer's) are set on the temporary file before it holds any data.
 
     On failure the target is untouched, no temporary file is left behind and
     LinkcertError(reason="write_failed") carries the OS error text.
@@ -106,6 +108,8 @@ def atomic_write(path: PathLike, data: bytes, mode: int = 0o644) -> None:
     try:
         fd, temp = tempfile.mkstemp(prefix=".%s.tmp-" % target.name, dir=os.fspath(target.parent) or ".")
         os.fchmod(fd, mode)
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
         handle = os.fdopen(fd, "wb")
         fd = None  # owned by handle from now on
         with handle:

@@ -145,6 +145,39 @@ def test_fail_on_unknown_fails_after_reporting(edge_lab, first_run):
     assert "Domains not ready: links.example.net, click.example.org, em.example.net" in run.stdout
 
 
+CONFIG_FILES = "/etc/nginx/conf.d/linkcert-challenge.conf /etc/nginx/conf.d/linkcert-sites.conf " \
+    "/etc/systemd/system/linkcert-renew.service /etc/systemd/system/linkcert-renew.timer /etc/linkcert/renew.json"
+
+
+def test_a_bad_timer_schedule_leaves_the_installed_units_and_timer_alone(edge_lab, first_run):
+    before = on_edge(edge_lab, "sha256sum %s; stat -c '%%n %%a %%U' %s" % (CONFIG_FILES, CONFIG_FILES))
+    run = run_playbook(PLAYBOOK, INVENTORY, extra_vars={"renewal_on_calendar": "every other tuesday"}, env=edge_lab["env"])
+    assert run.rc != 0 and run.total("failed") == 1
+    said = " ".join(run.stdout.split())
+    assert "rejected the new files (exit 1), so the previous ones are back in place" in said, run.stdout
+    assert "Failed to parse calendar specification" in said
+    assert on_edge(edge_lab, "sha256sum %s; stat -c '%%n %%a %%U' %s" % (CONFIG_FILES, CONFIG_FILES)) == before
+    assert on_edge(edge_lab, "systemctl is-active linkcert-renew.timer").strip() == "active"
+
+
+def test_nginx_rejecting_new_files_gets_the_previous_ones_back_and_keeps_serving(edge_lab, first_run, pebble_root):
+    """edge_files on the real edge: a directive nginx refuses, in a changed file and a new one."""
+    before = on_edge(edge_lab, "sha256sum /etc/nginx/conf.d/*; stat -c '%n %a %U' /etc/nginx/conf.d/*")
+    serial = served(edge_lab, pebble_root, GOOD[0])["serialNumber"]
+    args = {"files": [{"path": "/etc/nginx/conf.d/linkcert-challenge.conf", "content": "server { listen 80; bogus_directive on; }\n"},
+                      {"path": "/etc/nginx/conf.d/zz-new.conf", "content": "# new\n", "mode": "0644"}],
+            "validate": ["nginx", "-t"]}
+    proc = subprocess.run([str(BIN / "ansible"), "linkcert_edges", "-i", str(REPO / INVENTORY), "-m", "mailops.linkcert.edge_files",
+                           "-a", json.dumps(args)], env=ansible_env(edge_lab["env"]), capture_output=True, text=True, cwd=REPO,
+                          timeout=300, check=False)
+    said = " ".join(proc.stdout.split())
+    assert proc.returncode != 0, proc.stdout
+    assert 'unknown directive "bogus_directive"' in said and "restored: true" in said and "reason: validate_failed" in said
+    assert on_edge(edge_lab, "sha256sum /etc/nginx/conf.d/*; stat -c '%n %a %U' /etc/nginx/conf.d/*") == before
+    on_edge(edge_lab, "nginx -t 2>&1 && systemctl reload nginx")
+    assert served(edge_lab, pebble_root, GOOD[0])["serialNumber"] == serial
+
+
 def test_renew_under_ansible_runner_hands_awx_the_summary(edge_lab, first_run, tmp_path):
     """renew.yml as AWX runs it: ansible-runner with a private data dir; the summary is in the artifacts."""
     private = tmp_path / "runner"

@@ -5,6 +5,7 @@ only when a certificate changed."""
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import subprocess
 import sys
@@ -35,14 +36,13 @@ def short_lab(tmp_path_factory):
 def install_runner(lib: Path) -> Path:
     """Build the runner as the renewal role does: one executable zip with the collection's module_utils."""
     lib.mkdir(parents=True, exist_ok=True)
+    spec = importlib.util.spec_from_file_location("linkcert_zipapp", REPO / "plugins" / "lookup" / "zipapp.py")
+    zipapp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zipapp)
+    script = REPO / "roles" / "renewal" / "files" / "linkcert-renew.py"
     runner = lib / "linkcert-renew.pyz"
-    files = REPO / "roles" / "renewal" / "files"
-    subprocess.run([sys.executable, str(files / "pack_runner.py"), str(files / "linkcert-renew.py"),
-                    str(REPO / "plugins" / "module_utils"), str(runner)], check=True)
-    again = lib / "again.pyz"
-    subprocess.run([sys.executable, str(files / "pack_runner.py"), str(files / "linkcert-renew.py"),
-                    str(REPO / "plugins" / "module_utils"), str(again)], check=True)
-    assert again.read_bytes() == runner.read_bytes()  # deterministic: an unchanged collection copies nothing
+    runner.write_bytes(zipapp.pack(str(script)))
+    assert zipapp.pack(str(script)) == runner.read_bytes()  # deterministic: an unchanged collection copies nothing
     return runner
 
 
