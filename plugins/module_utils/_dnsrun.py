@@ -14,6 +14,7 @@ failure is that domain's result, never the module's failure.
 
 from __future__ import annotations
 
+import re
 import threading
 import typing as t
 
@@ -45,6 +46,19 @@ def organizational_domain(name: str) -> str:
         if not _PSL:
             _PSL.append(PublicSuffixList())
     return _PSL[0].privatesuffix(name) or name
+
+
+_METHOD = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+def caa_policy(ca_identities: t.Sequence[str], validation_method: str, account_uri: t.Optional[str]) -> _caa.Policy:
+    """The CA's side of a CAA check, validated: InputError names a bad issuer domain or method."""
+    identities = [_names.normalize_domain(i, what="ca_identities item") for i in ca_identities]
+    if not identities:
+        raise InputError("ca_identities must name at least one issuer domain", item="ca_identities")
+    if not _METHOD.match(validation_method or ""):
+        raise InputError("validation_method %r is not an ACME challenge type such as http-01" % validation_method, item=validation_method)
+    return _caa.Policy(identities, validation_method, account_uri)
 
 
 def run_caa(domains: t.Sequence[str], policy: _caa.Policy, resolver: RecursiveView, workers: int) -> t.List[t.Dict[str, t.Any]]:

@@ -138,26 +138,11 @@ results:
       sample: [links.customer.com, customer.com]
 """
 
-import re
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.mailops.linkcert.plugins.module_utils import _dnsrun
-from ansible_collections.mailops.linkcert.plugins.module_utils._caa import Policy
-from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError, LinkcertError
-from ansible_collections.mailops.linkcert.plugins.module_utils._names import normalize_domain, normalize_domains
-
-_METHOD = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-
-
-def _policy(params):
-    identities = [normalize_domain(i, what="ca_identities item") for i in params["ca_identities"]]
-    if not identities:
-        raise InputError("ca_identities must name at least one issuer domain", item="ca_identities")
-    method = params["validation_method"]
-    if not _METHOD.match(method):
-        raise InputError("validation_method %r is not an ACME challenge type such as http-01" % method, item=method)
-    return Policy(identities, method, params["account_uri"])
+from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError
+from ansible_collections.mailops.linkcert.plugins.module_utils._names import normalize_domains
 
 
 def main():
@@ -173,7 +158,7 @@ def main():
         module.fail_json(msg=missing_required_lib(library), exception=str(error))
     try:
         domains = normalize_domains(module.params["domains"], allow_wildcard=True)
-        policy = _policy(module.params)
+        policy = _dnsrun.caa_policy(module.params["ca_identities"], module.params["validation_method"], module.params["account_uri"])
         resolver = _dnsrun.resolver_from_params(module.params)
         results = _dnsrun.run_caa(domains, policy, resolver, module.params["workers"])
     except LinkcertError as exc:

@@ -172,3 +172,27 @@ def test_check_mode_and_many_domains(responder):
     assert len(run.result["results"]) == 201
     assert [r["records"][0]["status"] for r in run.result["results"]] == ["missing"] * 200 + ["verified"]
     assert server.queries.count(("edge.esp.test", "A")) <= 1
+
+
+def test_caa_option_checks_the_ready_names_as_caa_check_does(demo_dns, lab_resolver):
+    domains = [{"name": "links.example.com", "cname": EDGE}, {"name": "links.example.net", "cname": EDGE},
+               {"name": "click.example.org", "cname": EDGE}]
+    run = run_module("sending_domain_verify", {"domains": domains, "resolvers": [lab_resolver], "caa": {}})
+    assert run.state == "SUCCESS", run.stdout
+    ready = [r["name"] for r in run.result["results"] if r["ssl_ready"]]
+    assert ready == ["links.example.com", "links.example.net"]  # click.example.org does not reach the edge
+    alone = run_module("caa_check", {"domains": ready, "resolvers": [lab_resolver]})
+    assert run.result["caa_results"] == alone.result["results"]
+    allowed = {r["domain"]: (r["allowed"], r["reason"]) for r in run.result["caa_results"]}
+    assert allowed["links.example.net"] == (False, "issuer_not_listed")
+    assert allowed["links.example.com"][0] is True
+    assert "caa_results" not in run_module("sending_domain_verify", {"domains": domains, "resolvers": [lab_resolver]}).result
+
+
+def test_caa_option_with_a_bad_method_fails_before_any_query(responder):
+    server = responder(ZONE, recursive=True)
+    run = run_module("sending_domain_verify", {"domains": [{"name": "links.c.test", "cname": "edge.esp.test"}],
+                                               "resolvers": ["%s:%d" % (server.address, server.port)],
+                                               "caa": {"validation_method": "http 01"}})
+    assert run.state == "FAILED!" and "validation_method 'http 01' is not an ACME challenge type" in run.result["msg"]
+    assert server.queries == []
