@@ -14,7 +14,7 @@ export LINKCERT_LAB_DIR       ?= $(ROOT)/.lab
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.work/collections
 export ANSIBLE_HOME := $(ROOT)/.work/ansible-home
 
-.PHONY: help deps demo lab-start lab-stop lab-status test units integration molecule lint sanity build bench clean
+.PHONY: help deps demo lab-start lab-stop lab-status test units integration faults molecule lint sanity build bench clean
 
 help:
 	@echo "make demo   - install what is needed, start the local lab, onboard the example domains, print the status table"
@@ -46,7 +46,7 @@ demo: lab-start
 # the exit status says whether any step failed.
 test: deps
 	@status=0; \
-	for step in lint sanity build molecule units integration; do \
+	for step in lint sanity build molecule units integration faults; do \
 	  echo "=== $$step ==="; \
 	  $(MAKE) --no-print-directory $$step || { echo "=== $$step FAILED ==="; status=1; }; \
 	done; \
@@ -58,8 +58,13 @@ units:
 
 # Integration tests start their own lab on free ports, so they never touch the demo lab.
 integration:
-	$(PY311)/python -m pytest tests/lab -q
-	$(PY313)/python -m pytest tests/lab -q
+	$(PY311)/python -m pytest tests/lab -q -m "not faults"
+	$(PY313)/python -m pytest tests/lab -q -m "not faults"
+
+# The fault and abuse suite (tests/lab/test_faults_*.py, marker faults): the CA, DNS, nginx, the disk and
+# the process misbehaving, and hostile input; each case asserts status, files and the served certificate.
+faults:
+	$(PY311)/python -m pytest tests/lab -q -m faults
 
 # Roles on real Debian 12 hosts (systemd as PID 1, booted with systemd-nspawn, reached over SSH): default
 # (onboarding, idempotence, check mode), renewal (short-lived certificate renewed by the timer) and fleet

@@ -457,8 +457,14 @@ class Lab:
                  extra_addrs: Sequence[str] = (), default_ipv4: Optional[str] = None, cert_validity: Optional[int] = None,
                  nginx: bool = True, eab: Optional[Mapping[str, str]] = None, pebble_env: Optional[Mapping[str, str]] = None,
                  timeout: float = DEFAULT_TIMEOUT, binaries: Optional[Mapping[str, str]] = None,
-                 domain_blocklist: Sequence[str] = (), edge_addr: Optional[str] = None) -> None:
-        """Describe a lab; nothing is touched on disk until :meth:`start`."""
+                 domain_blocklist: Sequence[str] = (), edge_addr: Optional[str] = None,
+                 serve_root: Optional[PathLike] = None, serve_port: int = 0) -> None:
+        """Describe a lab; nothing is touched on disk until :meth:`start`.
+
+        With ``serve_root`` (a certificate root as acme_http01_cert writes it) and ``serve_port``, nginx
+        also serves TLS on that port, each name with ``serve_root/NAME/{fullchain,privkey}.pem`` as
+        found on disk at the handshake: what a client sees is what the live symlink points at.
+        """
         self.dir = Path(dir).expanduser().resolve()
         self.addr = addr
         self.edge_addr = edge_addr or addr
@@ -474,6 +480,10 @@ class Lab:
         # Names Pebble refuses to issue for (its domainBlocklist), to exercise a CA's rejectedIdentifier.
         self.domain_blocklist = [d for d in domain_blocklist if d]
         self.nginx = nginx
+        self.serve_root = Path(serve_root).resolve() if serve_root else None
+        self.serve_port = int(serve_port)
+        if self.serve_root is not None and not 0 < self.serve_port < 65536:
+            raise LabError("serve_root needs a serve_port")
         self.eab: Dict[str, str] = dict(eab or {})
         self.pebble_env: Dict[str, str] = {**PEBBLE_ENV_DEFAULTS, **(pebble_env or {})}
         self.timeout = timeout
@@ -670,7 +680,19 @@ class Lab:
             f"    server {{\n{listens}        server_name _;\n"
             "        location ^~ /.well-known/acme-challenge/ {\n"
             f"            root {_ngx_str(self.webroot)};\n            default_type text/plain;\n        }}\n"
-            "        location / {\n            return 404;\n        }\n    }\n}\n"
+            "        location / {\n            return 404;\n        }\n    }\n"
+            f"{self._serve_config()}}}\n"
+        )
+
+    def _serve_config(self) -> str:
+        if self.serve_root is None:
+            return ""
+        root = self.serve_root
+        return (
+            f"    server {{\n        listen {hostport(self.addr, self.serve_port)} ssl;\n        server_name _;\n"
+            f"        ssl_certificate {_ngx_str(str(root) + '/$ssl_server_name/fullchain.pem')};\n"
+            f"        ssl_certificate_key {_ngx_str(str(root) + '/$ssl_server_name/privkey.pem')};\n"
+            "        location / {\n            return 200 \"served\\n\";\n        }\n    }\n"
         )
 
     def _write_configs(self) -> None:

@@ -1,0 +1,199 @@
+"""Fault suite: the CA misbehaving, during a first issuance and during the renewal of a working certificate.
+
+Pebble sits behind tests/lab/faultproxy.py, which answers chosen requests with 500/503/429 problems
+(with Retry-After) or drops the connection; "CA unreachable" is a port where nothing listens, and "an
+order that goes invalid" is a name whose challenge the CA cannot fetch. The lab's nginx serves TLS from
+the certificate root by SNI, so each case checks the certificate a client is served, not only the files.
+
+Every case asserts the module's answer (status, reason), the domain's state file, and the files: a
+first issuance that fails leaves no certificate and no temporary file; a renewal that fails leaves the
+working key and certificate byte for byte, still matching, the key 0600, and still served. The next
+run, with the CA healthy again, finishes the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import stat
+from types import SimpleNamespace
+from typing import Any, Dict, Optional
+
+import labctl
+import pytest
+from cryptography import x509
+from faultproxy import Fault, FaultProxy
+from labtools import acme_args, run_module
+
+pytestmark = [pytest.mark.lab, pytest.mark.integration, pytest.mark.faults]
+
+ADDR = "127.0.0.1"
+NOWHERE = "127.0.0.9"
+
+
+@pytest.fixture(scope="module")
+def ca_lab(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("faults-ca")
+    ports = labctl.free_ports(len(labctl.PORT_KEYS) + 2, ADDR)
+    lab = labctl.Lab(dir=base / "lab", addr=ADDR, ports=dict(zip(labctl.PORT_KEYS, ports)), nginx=True, default_ipv4=NOWHERE,
+                     timeout=30.0, pebble_env={"PEBBLE_AUTHZREUSE": "0"}, serve_root=base / "live", serve_port=ports[-2])
+    lab.start()
+    proxy = FaultProxy(upstream=(ADDR, lab.ports["acme"]), certfile=str(lab.ca_dir / "server.pem"), keyfile=str(lab.ca_dir / "server.key"),
+                       cafile=str(lab.ca_bundle)).start()
+    try:
+        yield SimpleNamespace(lab=lab, proxy=proxy, live=base / "live", state=base / "state", serve_port=ports[-2], closed_port=ports[-1],
+                              root=labctl.write_pebble_root(lab.env(), base / "pebble-root.pem"))
+    finally:
+        proxy.stop()
+        lab.stop()
+
+
+def issue(env: SimpleNamespace, domain: str, **extra: Any) -> Dict[str, Any]:
+    args = acme_args(env.lab, env.live, env.state, [{"domain": domain}], **dict({"acme_directory": env.proxy.directory, "workers": 1}, **extra))
+    run = run_module("acme_http01_cert", args, timeout=600)
+    assert run.state in ("SUCCESS", "CHANGED"), run.stdout + run.stderr
+    return run.result["results"][0]
+
+
+def served_serial(env: SimpleNamespace, name: str) -> Optional[int]:
+    """The serial of the certificate nginx serves for NAME (verified against Pebble's root), None when none is served."""
+    context = ssl.create_default_context(cafile=str(env.root))
+    try:
+        with socket.create_connection((ADDR, env.serve_port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+    except (ssl.SSLError, ConnectionError):
+        return None
+
+
+def snapshot(env: SimpleNamespace, domain: str) -> Dict[str, Any]:
+    live = env.live / domain
+    found = {"state": json.loads((env.state / ("%s.json" % domain)).read_text())}
+    if live.exists():
+        found.update({name: (live / ("%s.pem" % name)).read_bytes() for name in ("privkey", "cert", "fullchain")})
+        found["key_mode"] = stat.S_IMODE(os.stat(live / "privkey.pem").st_mode)
+        found["serial"] = x509.load_pem_x509_certificate(found["cert"]).serial_number
+    return found
+
+
+def no_temporary_files(env: SimpleNamespace) -> None:
+    for root in (env.live, env.state):
+        if root.exists():
+            left = [str(p) for p in root.rglob("*") if ".tmp" in p.name]
+            assert left == [], left
+
+
+# name, what the proxy does (or None), the module arguments that go with it, the reasons a failure may give
+FAULTS = [
+    ("unreachable", None, "closed", {"ca_unreachable"}),
+    ("503-every-time", Fault(path="order-plz", status=503, retry_after="1"), None, {"acme_server_internal"}),
+    ("500-storm", Fault(path=".", status=500, problem="serverInternal"), None, {"acme_server_internal", "ca_protocol_error", "ca_unreachable"}),
+    ("429-rate-limited", Fault(path="order-plz", status=429, problem="rateLimited", retry_after="3600"), None, {"acme_rate_limited"}),
+    ("dropped-connections", Fault(path="order-plz", drop=True), None, {"ca_unreachable"}),
+    ("order-invalid", None, "nowhere", {"acme_connection", "acme_unauthorized", "acme_order_invalid", "acme_dns"}),
+]
+
+
+def arm(env: SimpleNamespace, fault: Optional[Fault], special: Optional[str], domain: str) -> Dict[str, Any]:
+    env.proxy.set(*([Fault(**{k: v for k, v in vars(fault).items() if k != "hits"})] if fault else []))
+    if special == "nowhere":  # the CA's validation cannot reach the edge: the order goes invalid
+        env.lab.dns_set("a", domain, [NOWHERE])
+        return {"self_check": False}
+    if special == "closed":
+        return {"acme_directory": "https://%s:%d/dir" % (ADDR, env.closed_port), "timeout": 10}
+    return {}
+
+
+def heal(env: SimpleNamespace, domain: str) -> None:
+    env.proxy.clear()
+    env.lab.dns_set("a", domain, [env.lab.addr])
+
+
+@pytest.mark.parametrize("case, fault, special, reasons", FAULTS, ids=[f[0] for f in FAULTS])
+def test_first_issuance_fails_cleanly_and_the_next_run_issues(ca_lab, case, fault, special, reasons):
+    domain = "first-%s.faults.test" % case
+    ca_lab.lab.dns_set("a", domain, [ca_lab.lab.addr])
+    extra = arm(ca_lab, fault, special, domain)
+    result = issue(ca_lab, domain, **extra)
+    assert result["action"] == "failed" and result["reason"] in reasons, result
+    expected = "unknown" if case == "order-invalid" else "pending"  # the customer's DNS, or a CA that is down
+    assert (result["ssl_status"], result["changed"]) == (expected, False), result
+    if fault is not None and case != "dropped-connections":
+        assert ca_lab.proxy.injected(), "the fault was never hit"
+    after = snapshot(ca_lab, domain)
+    assert after["state"]["ssl_status"] == expected and after["state"]["reason"] == result["reason"]
+    assert after["state"]["failures"], "the failure is on record"
+    assert "privkey" not in after and not (ca_lab.live / domain).exists()
+    assert served_serial(ca_lab, domain) is None
+    no_temporary_files(ca_lab)
+
+    heal(ca_lab, domain)
+    again = issue(ca_lab, domain)
+    assert (again["action"], again["ssl_status"]) == ("issued", "issued"), again
+    assert served_serial(ca_lab, domain) == snapshot(ca_lab, domain)["serial"]
+
+
+@pytest.mark.parametrize("case, fault, special, reasons", FAULTS, ids=[f[0] for f in FAULTS])
+def test_failed_renewal_keeps_serving_the_working_certificate(ca_lab, case, fault, special, reasons):
+    domain = "renew-%s.faults.test" % case
+    ca_lab.lab.dns_set("a", domain, [ca_lab.lab.addr])
+    ca_lab.proxy.clear()
+    first = issue(ca_lab, domain)
+    assert first["action"] == "issued", first
+    before = snapshot(ca_lab, domain)
+    assert served_serial(ca_lab, domain) == before["serial"]
+
+    extra = arm(ca_lab, fault, special, domain)
+    result = issue(ca_lab, domain, force=True, **extra)
+    assert result["action"] == "failed" and result["reason"] in reasons, result
+    assert result["ssl_status"] == "issued" and "installed certificate is untouched and still served" in result["message"], result
+    after = snapshot(ca_lab, domain)
+    for name in ("privkey", "cert", "fullchain"):
+        assert after[name] == before[name], "%s changed after a failed renewal" % name
+    assert after["key_mode"] == 0o600
+    assert after["state"]["ssl_status"] == "issued" and after["state"]["serial"] == before["state"]["serial"]
+    assert served_serial(ca_lab, domain) == before["serial"]
+    no_temporary_files(ca_lab)
+
+    heal(ca_lab, domain)
+    renewed = issue(ca_lab, domain, force=True)
+    assert (renewed["action"], renewed["ssl_status"]) == ("renewed", "issued"), renewed
+    now = snapshot(ca_lab, domain)
+    assert now["serial"] != before["serial"] and served_serial(ca_lab, domain) == now["serial"]
+
+
+# Faults that last a moment: the same run rides them out. (name, fault, shortest run the waits imply)
+TRANSIENT = [
+    # Two 503s with Retry-After: 1 on new-order: the client waits as it is told.
+    ("503-twice-retry-after", Fault(path="order-plz", status=503, retry_after="1", times=2), 2000),
+    # badNonce answers (no Retry-After): retried at once, with a fresh nonce each time.
+    ("bad-nonce-storm", Fault(path="order-plz", status=400, problem="badNonce", times=3), 0),
+]
+
+
+@pytest.mark.parametrize("case, fault, at_least_ms", TRANSIENT, ids=[t[0] for t in TRANSIENT])
+def test_a_short_fault_is_ridden_out_in_the_same_run(ca_lab, case, fault, at_least_ms):
+    domain = "%s.faults.test" % case
+    ca_lab.lab.dns_set("a", domain, [ca_lab.lab.addr])
+    ca_lab.proxy.set(fault)
+    result = issue(ca_lab, domain)
+    assert (result["action"], result["ssl_status"]) == ("issued", "issued"), result
+    assert len(ca_lab.proxy.injected()) == fault.times
+    assert result["duration_ms"] >= at_least_ms, "the client did not wait the Retry-After it was given"
+    assert served_serial(ca_lab, domain) == snapshot(ca_lab, domain)["serial"]
+
+
+def test_the_ca_certificate_is_refused_unless_a_bundle_is_given(ca_lab, tmp_path):
+    domain = "untrusted.faults.test"
+    ca_lab.lab.dns_set("a", domain, [ca_lab.lab.addr])
+    ca_lab.proxy.clear()
+    args = acme_args(ca_lab.lab, tmp_path / "live", tmp_path / "state", [{"domain": domain}], acme_directory=ca_lab.proxy.directory)
+    args.pop("acme_ca_bundle")
+    run = run_module("acme_http01_cert", args)
+    result = run.result["results"][0] if run.result.get("results") else run.result
+    assert result.get("reason") == "ca_untrusted", run.stdout
+    assert "verification is never switched off" in (result.get("message") or result.get("msg") or "")
+    assert not (tmp_path / "live" / domain).exists()
+    assert ca_lab.proxy.forwarded() == [] and ca_lab.proxy.injected() == [], "no request may reach the CA over an untrusted TLS session"
