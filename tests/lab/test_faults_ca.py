@@ -13,9 +13,11 @@ run, with the CA healthy again, finishes the job.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
+import threading
 import ssl
 import stat
 from types import SimpleNamespace
@@ -31,6 +33,16 @@ pytestmark = [pytest.mark.lab, pytest.mark.integration, pytest.mark.faults]
 
 ADDR = "127.0.0.1"
 NOWHERE = "127.0.0.9"
+NOT_FOUND = "127.0.0.3"  # an "edge" whose web server answers 404 to everything, challenges included
+DOWN = "127.0.0.4"  # an "edge" where nothing listens: nginx down
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.send_error(404)
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +54,14 @@ def ca_lab(tmp_path_factory: pytest.TempPathFactory):
     lab.start()
     proxy = FaultProxy(upstream=(ADDR, lab.ports["acme"]), certfile=str(lab.ca_dir / "server.pem"), keyfile=str(lab.ca_dir / "server.key"),
                        cafile=str(lab.ca_bundle)).start()
+    not_found = http.server.ThreadingHTTPServer((NOT_FOUND, lab.ports["http"]), _NotFound)
+    threading.Thread(target=not_found.serve_forever, daemon=True).start()
     try:
         yield SimpleNamespace(lab=lab, proxy=proxy, live=base / "live", state=base / "state", serve_port=ports[-2], closed_port=ports[-1],
                               root=labctl.write_pebble_root(lab.env(), base / "pebble-root.pem"))
     finally:
+        not_found.shutdown()
+        not_found.server_close()
         proxy.stop()
         lab.stop()
 
@@ -93,7 +109,14 @@ FAULTS = [
     ("429-rate-limited", Fault(path="order-plz", status=429, problem="rateLimited", retry_after="3600"), None, {"acme_rate_limited"}),
     ("dropped-connections", Fault(path="order-plz", drop=True), None, {"ca_unreachable"}),
     ("order-invalid", None, "nowhere", {"acme_connection", "acme_unauthorized", "acme_order_invalid", "acme_dns"}),
+    # The edge side: the self-check (which fetches the challenge as the CA would) stops these before any order.
+    ("challenge-404", None, "404", {"self_check_http_404"}),
+    ("nginx-down", None, "down", {"self_check_unreachable"}),
+    ("dns-servfail", None, "servfail", {"self_check_dns"}),
+    ("resolver-down", None, "resolver-down", {"self_check_dns"}),
 ]
+# Faults the customer (or the edge) must fix: a first issuance is SSL Unknown, not Pending.
+CUSTOMER_SIDE = {"order-invalid", "challenge-404", "nginx-down", "dns-servfail", "resolver-down"}
 
 
 def arm(env: SimpleNamespace, fault: Optional[Fault], special: Optional[str], domain: str) -> Dict[str, Any]:
@@ -103,11 +126,18 @@ def arm(env: SimpleNamespace, fault: Optional[Fault], special: Optional[str], do
         return {"self_check": False}
     if special == "closed":
         return {"acme_directory": "https://%s:%d/dir" % (ADDR, env.closed_port), "timeout": 10}
+    if special in ("404", "down"):
+        env.lab.dns_set("a", domain, [NOT_FOUND if special == "404" else DOWN])
+    if special == "servfail":
+        env.lab.dns_set("servfail", domain, True)
+    if special == "resolver-down":
+        return {"resolvers": ["%s:%d" % (ADDR, env.closed_port)]}
     return {}
 
 
 def heal(env: SimpleNamespace, domain: str) -> None:
     env.proxy.clear()
+    env.lab.dns_set("servfail", domain, False)
     env.lab.dns_set("a", domain, [env.lab.addr])
 
 
@@ -118,10 +148,16 @@ def test_first_issuance_fails_cleanly_and_the_next_run_issues(ca_lab, case, faul
     extra = arm(ca_lab, fault, special, domain)
     result = issue(ca_lab, domain, **extra)
     assert result["action"] == "failed" and result["reason"] in reasons, result
-    expected = "unknown" if case == "order-invalid" else "pending"  # the customer's DNS, or a CA that is down
+    expected = "unknown" if case in CUSTOMER_SIDE else "pending"  # the customer's DNS or edge, or a CA that is down
     assert (result["ssl_status"], result["changed"]) == (expected, False), result
-    if fault is not None and case != "dropped-connections":
+    if fault is not None:
         assert ca_lab.proxy.injected(), "the fault was never hit"
+    if case in CUSTOMER_SIDE - {"order-invalid"}:
+        # The self-check runs once the order gives it a token, before the CA is asked to validate: no challenge is
+        # answered, so nothing counts against the CA's failed-validation limit.
+        assert not [entry for entry in ca_lab.proxy.forwarded() if "/chalZ/" in entry[1]], "the CA was asked to validate"
+    if case == "order-invalid":  # without the self-check the CA does validate (and fails): the same log sees it
+        assert [entry for entry in ca_lab.proxy.forwarded() if "/chalZ/" in entry[1]]
     after = snapshot(ca_lab, domain)
     assert after["state"]["ssl_status"] == expected and after["state"]["reason"] == result["reason"]
     assert after["state"]["failures"], "the failure is on record"
