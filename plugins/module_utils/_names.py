@@ -44,29 +44,29 @@ def _describe(raw: str) -> str:
     return repr(raw)
 
 
-def _to_ascii_label(label: str, raw: str) -> str:
+def _to_ascii_label(label: str, raw: str, what: str) -> str:
     if label.isascii():
         return label.lower()
     if not HAS_IDNA:
-        raise InputError("cannot convert internationalised name %s: the idna Python library is missing" % _describe(raw), item=raw)
+        raise InputError("cannot convert internationalised %s %s: the idna Python library is missing" % (what, _describe(raw)), item=raw)
     try:
         return idna.encode(label, uts46=True).decode("ascii")
     except idna.IDNAError as exc:
-        raise InputError("%s is not a valid internationalised domain name: %s" % (_describe(raw), exc), item=raw) from None
+        raise InputError("%s %s is not a valid internationalised domain name: %s" % (what, _describe(raw), exc), item=raw) from None
 
 
-def _check_ace_label(label: str, raw: str) -> None:
+def _check_ace_label(label: str, raw: str, what: str) -> None:
     """An A-label (``xn--``) must decode to a valid U-label."""
     if not label.startswith("xn--"):
         if len(label) >= 4 and label[2:4] == "--":
-            raise InputError("%s has a label %r with '--' in positions 3-4, which is reserved" % (_describe(raw), label), item=raw)
+            raise InputError("%s %s has a label %r with '--' in positions 3-4, which is reserved" % (what, _describe(raw), label), item=raw)
         return
     if not HAS_IDNA:
         return
     try:
         idna.decode(label)
     except idna.IDNAError as exc:
-        raise InputError("%s has an invalid A-label %r: %s" % (_describe(raw), label, exc), item=raw) from None
+        raise InputError("%s %s has an invalid A-label %r: %s" % (what, _describe(raw), label, exc), item=raw) from None
 
 
 def normalize_domain(raw: t.Any, *, allow_wildcard: bool = False, what: str = "domain name", allow_underscore: bool = False) -> str:
@@ -98,7 +98,7 @@ def normalize_domain(raw: t.Any, *, allow_wildcard: bool = False, what: str = "d
             raise InputError("%s %s is a wildcard, which is not allowed here (HTTP-01 cannot validate wildcards)" % (what, _describe(raw)), item=raw)
         wildcard = True
         name = name[2:]
-    labels = [_to_ascii_label(label, raw) for label in name.split(".")]
+    labels = [_to_ascii_label(label, raw, what) for label in name.split(".")]
     for label in labels:
         _check_label(label, raw, what, allow_underscore)
     if len(labels) < 2:
@@ -129,7 +129,7 @@ def _check_label(label: str, raw: str, what: str, allow_underscore: bool = False
         if label.startswith("-") or label.endswith("-"):
             raise InputError("%s %s has a label %r that starts or ends with a hyphen" % (what, _describe(raw), label), item=raw)
         raise InputError("%s %s has a label %r with characters outside letters, digits and hyphens" % (what, _describe(raw), label), item=raw)
-    _check_ace_label(label, raw)
+    _check_ace_label(label, raw, what)
 
 
 def normalize_domains(raws: t.Iterable[t.Any], *, allow_wildcard: bool = False, what: str = "domain name") -> t.List[str]:

@@ -76,6 +76,23 @@ def test_rejected_with_message_naming_it(raw, fragment):
         assert repr(raw) in err.value.msg or str(raw) in err.value.msg
 
 
+@pytest.mark.parametrize("raw,fragment", [
+    ("\u2603.example.com", "is not a valid internationalised domain name: "),
+    ("a\u200d.example.com", "is not a valid internationalised domain name: "),
+    ("xn--zz.example.com", "has an invalid A-label 'xn--zz': "),
+    ("ab--cd.example.com", "has a label 'ab--cd' with '--' in positions 3-4, which is reserved"),
+])
+def test_idna_errors_name_the_field_like_every_other_error(raw, fragment):
+    # These messages once began with the value alone, so a module could not tell which option held it.
+    with pytest.raises(InputError) as err:
+        normalize_domain(raw, what="certificates[2].alt_names item")
+    assert err.value.msg.startswith("certificates[2].alt_names item %r %s" % (raw, fragment)), err.value.msg
+    with pytest.raises(InputError) as err:
+        normalize_domains(["ok.example", raw])
+    assert err.value.msg.startswith("item 2: domain name %r %s" % (raw, fragment)), err.value.msg
+    assert err.value.item == raw
+
+
 def test_wildcard_when_allowed():
     assert normalize_domain("*.Customer.com.", allow_wildcard=True) == "*.customer.com"
     with pytest.raises(InputError):
