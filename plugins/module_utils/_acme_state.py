@@ -10,7 +10,10 @@
 State is one JSON file per domain (ROOT/DOMAIN.json), written atomically; a
 file that cannot be parsed is set aside and treated as empty, never fatal.
 Runs for one domain are serialised with flock(2) on ROOT/.locks/DOMAIN.lock,
-which the kernel releases when the holder exits however it exits.
+which the kernel releases when the holder exits however it exits.  The holder
+writes its process id into the lock file and clears it when done; the state file
+is only written under the lock, so whoever finds an id there (its holder was
+killed) removes the temporary files a save killed half-way left behind.
 
 The ledger keeps the latest validation failures of a domain so that a run can
 refuse to place an order that would hit the CA's failed-validation limit
@@ -21,17 +24,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
-import time
 import typing as t
 from pathlib import Path
 
-from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import atomic_write, check_domain, domains_in, os_error_text, utc_stamp
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import (
+    TEMP_MARK, atomic_write, check_domain, domains_in, flock_within, lock_holder, os_error_text, set_lock_holder, utc_stamp)
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError
 
 PathLike = t.Union[str, "os.PathLike[str]"]
@@ -137,7 +139,10 @@ class StateStore:
         return self._read_json(self.path(domain)) or {}
 
     def save(self, domain: str, state: t.Mapping[str, t.Any]) -> None:
-        """Write the state of ``domain`` atomically (datetime values are stored as ISO 8601 UTC)."""
+        """Write the state of ``domain`` atomically (datetime values are stored as ISO 8601 UTC).
+
+        Call it holding ``lock(domain)``: taking the lock removes temporary files of this domain's state file.
+        """
         self._ensure_root()
         atomic_write(self.path(domain), _dumps(state), STATE_MODE)
 
@@ -159,28 +164,40 @@ class StateStore:
         except OSError as exc:
             raise LinkcertError("cannot open the lock file %s: %s" % (lock_path, os_error_text(exc)), item=domain, reason="lock_failed") from exc
         try:
-            deadline = time.monotonic() + max(0.0, timeout)
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                        raise LinkcertError("cannot lock %s: %s" % (lock_path, os_error_text(exc)), item=domain, reason="lock_failed") from exc
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    holder = _read_holder(fd)
-                    raise LinkcertError("another run holds the lock for %s (%s%s); gave up after %.1f s"
-                                        % (domain, lock_path, ", process %s" % holder if holder else "", timeout),
-                                        item=domain, reason="locked")
-                time.sleep(min(LOCK_POLL_INTERVAL, remaining))
-            _write_holder(fd)
+            try:
+                taken = flock_within(fd, timeout, LOCK_POLL_INTERVAL)
+            except OSError as exc:
+                raise LinkcertError("cannot lock %s: %s" % (lock_path, os_error_text(exc)), item=domain, reason="lock_failed") from exc
+            if not taken:
+                holder = lock_holder(fd)
+                raise LinkcertError("another run holds the lock for %s (%s%s); gave up after %.1f s"
+                                    % (domain, lock_path, ", process %s" % holder if holder else "", timeout),
+                                    item=domain, reason="locked")
+            killed = bool(lock_holder(fd))
+            set_lock_holder(fd, os.getpid())
+            if killed:
+                self._remove_leftovers(domain)
             try:
                 yield
             finally:
+                set_lock_holder(fd, None)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def _remove_leftovers(self, domain: str) -> None:
+        """Remove ROOT/.DOMAIN.json.tmp-* left by a save that was killed (best effort; called holding the lock)."""
+        prefix = ".%s%s" % (self.path(domain).name, TEMP_MARK)
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith(prefix) and not entry.is_dir(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    pass
 
     def _account_path(self, directory_url: str) -> Path:
         digest = hashlib.sha256(directory_url.encode("utf-8")).hexdigest()[:16]
@@ -204,23 +221,6 @@ class StateStore:
         except OSError as exc:
             raise LinkcertError("cannot create %s: %s" % (path.parent, os_error_text(exc)), item=str(path.parent), reason="write_failed") from exc
         atomic_write(path, _dumps(record), ACCOUNT_MODE)
-
-
-def _read_holder(fd: int) -> str:
-    """The process id the lock holder wrote into the lock file (best effort, for the message)."""
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
-    except OSError:
-        return ""
-    return text if text.isdigit() else ""
-
-
-def _write_holder(fd: int) -> None:
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
-    except OSError:
-        pass
 
 
 def _failures_with_times(state: t.Mapping[str, t.Any]) -> t.List[t.Tuple[datetime.datetime, t.Dict[str, t.Any]]]:

@@ -16,16 +16,26 @@ one at a time: each install writes a complete new version directory
 
 and then swaps the symlink ROOT/DOMAIN to it with one rename, so nginx always
 loads a matching key/certificate pair from ROOT/DOMAIN/*.pem.
+
+Installs of one domain are serialised with flock(2) on ROOT/.versions/.DOMAIN.lock
+(released by the kernel however the holder ends).  The holder writes its process
+id into the lock file and clears it when it is done, so an install that finds an
+id there knows the previous one was killed half-way, and first removes what it
+left: version directories that are not live and lack a file (or hold a temporary
+one), and ROOT/.DOMAIN.tmp-* symbolic links.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
+import fcntl
 import os
 import secrets
 import shutil
 import tempfile
+import time
 import typing as t
 from pathlib import Path
 
@@ -42,6 +52,9 @@ LEGACY_PREFIX = "legacy-"
 ROOT_MODE = 0o755
 VERSIONS_MODE = 0o700
 VERSION_DIR_MODE = 0o755
+INSTALL_LOCK_TIMEOUT = 60.0
+_LOCK_POLL_INTERVAL = 0.05
+TEMP_MARK = ".tmp-"
 _TEMP_ATTEMPTS = 16
 
 
@@ -106,7 +119,7 @@ def atomic_write(path: PathLike, data: bytes, mode: int = 0o644, uid: int = -1, 
     fd: t.Optional[int] = None
     temp: t.Optional[str] = None
     try:
-        fd, temp = tempfile.mkstemp(prefix=".%s.tmp-" % target.name, dir=os.fspath(target.parent) or ".")
+        fd, temp = tempfile.mkstemp(prefix=".%s%s" % (target.name, TEMP_MARK), dir=os.fspath(target.parent) or ".")
         os.fchmod(fd, mode)
         if uid != -1 or gid != -1:
             os.fchown(fd, uid, gid)
@@ -126,6 +139,44 @@ def atomic_write(path: PathLike, data: bytes, mode: int = 0o644, uid: int = -1, 
             os.close(fd)
         if temp is not None:
             _remove_quietly(temp)
+
+
+def flock_within(fd: int, timeout: float, poll: float = _LOCK_POLL_INTERVAL) -> bool:
+    """Take an exclusive flock(2) on ``fd``, trying again every ``poll`` seconds for up to ``timeout`` seconds.
+
+    False when another holder kept it that long; OSError for anything but contention.
+    """
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(poll, remaining))
+
+
+def lock_holder(fd: int) -> str:
+    """The process id a lock holder wrote into the lock file ``fd``; "" when none (best effort)."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+    except OSError:
+        return ""
+    return text if text.isdigit() else ""
+
+
+def set_lock_holder(fd: int, pid: t.Optional[int]) -> None:
+    """Write ``pid`` into the lock file ``fd`` (None: empty it, the holder is done); best effort."""
+    try:
+        os.ftruncate(fd, 0)
+        if pid is not None:
+            os.pwrite(fd, b"%d\n" % pid, 0)
+    except OSError:
+        pass
 
 
 def _make_dir(path: Path, mode: int, enforce: bool) -> None:
@@ -190,6 +241,10 @@ class CertStore:
         """ROOT/.versions/DOMAIN."""
         return self.root / VERSIONS_DIR / check_domain(domain)
 
+    def install_lock_path(self, domain: str) -> Path:
+        """ROOT/.versions/.DOMAIN.lock (beside the domain's versions directory, which holds versions only)."""
+        return self.root / VERSIONS_DIR / (".%s.lock" % check_domain(domain))
+
     def versions(self, domain: str) -> t.List[Path]:
         """The installed version directories of ``domain``, oldest first (legacy directories moved aside are not versions)."""
         base = self.versions_dir(domain)
@@ -221,7 +276,9 @@ class CertStore:
         If anything fails, the previous live version stays live and unchanged
         and the partial new version is removed. Keeps the KEEP_VERSIONS newest
         versions (and always the live one); directories moved aside from an
-        older layout (legacy-*) are never deleted.
+        older layout (legacy-*) are never deleted. Installs of one domain take
+        turns (see the module docstring), and the first after one that was
+        killed half-way removes its leftovers.
         """
         check_domain(domain)
         fullchain = cert_pem if not cert_pem or cert_pem.endswith(b"\n") else cert_pem + b"\n"
@@ -233,23 +290,69 @@ class CertStore:
             _make_dir(versions_dir, VERSIONS_MODE, enforce=True)
         except OSError as exc:
             raise _write_failed(versions_dir, exc) from exc
-        version = self._new_version_dir(versions_dir)
-        try:
-            for name in FILES:
-                atomic_write(version / ("%s.pem" % name), contents[name], FILE_MODES[name])
+        with self._install_lock(domain):
+            version = self._new_version_dir(versions_dir)
             try:
-                fsync_dir(versions_dir)
+                for name in FILES:
+                    atomic_write(version / ("%s.pem" % name), contents[name], FILE_MODES[name])
+                try:
+                    fsync_dir(versions_dir)
+                except OSError as exc:
+                    raise _write_failed(version, exc) from exc
+                self._point_live(domain, version)
+            except BaseException:
+                shutil.rmtree(version, ignore_errors=True)
+                raise
+            try:
+                fsync_dir(self.root)
             except OSError as exc:
-                raise _write_failed(version, exc) from exc
-            self._point_live(domain, version)
-        except BaseException:
-            shutil.rmtree(version, ignore_errors=True)
-            raise
+                raise _write_failed(self.live(domain), exc) from exc
+            self._prune(domain)
+
+    @contextlib.contextmanager
+    def _install_lock(self, domain: str) -> t.Iterator[None]:
+        """Hold the install lock of ``domain`` (waiting up to INSTALL_LOCK_TIMEOUT seconds for another installer);
+        if the previous holder did not finish (it was killed), remove what it left first."""
+        path = self.install_lock_path(domain)
         try:
-            fsync_dir(self.root)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as exc:
-            raise _write_failed(self.live(domain), exc) from exc
-        self._prune(domain)
+            raise _write_failed(path, exc) from exc
+        try:
+            try:
+                taken = flock_within(fd, INSTALL_LOCK_TIMEOUT)
+            except OSError as exc:
+                raise _write_failed(path, exc) from exc
+            if not taken:
+                raise LinkcertError("another process is installing a certificate for %s (it holds %s); gave up after %.0f s"
+                                    % (domain, path, INSTALL_LOCK_TIMEOUT), item=domain, reason="write_failed")
+            killed = bool(lock_holder(fd))
+            set_lock_holder(fd, os.getpid())
+            if killed:
+                self._remove_leftovers(domain)
+            yield
+            set_lock_holder(fd, None)  # only when done: an exception or a kill leaves the mark for the next install
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _remove_leftovers(self, domain: str) -> None:
+        """Remove what a killed install of ``domain`` left (best effort; called holding the install lock).
+
+        Only a version directory that is not live and lacks one of the files, or still holds a temporary
+        file, is removed: a complete version is a matching pair and stays until pruned.
+        """
+        live_target = os.path.realpath(self.live(domain))
+        wanted = {"%s.pem" % name for name in FILES}
+        for version in self.versions(domain):
+            if os.path.realpath(version) == live_target:
+                continue
+            names = {entry.name for entry in _entries(version)}
+            if not wanted <= names or any(TEMP_MARK in name for name in names):
+                shutil.rmtree(version, ignore_errors=True)
+        prefix = ".%s%s" % (domain, TEMP_MARK)
+        for entry in _entries(self.root):
+            if entry.name.startswith(prefix) and entry.is_symlink():
+                _remove_quietly(entry.path)
 
     def _new_version_dir(self, versions_dir: Path) -> Path:
         for attempt in range(_TEMP_ATTEMPTS):
@@ -296,7 +399,7 @@ class CertStore:
 
     def _temp_symlink(self, domain: str, target: str) -> str:
         for attempt in range(_TEMP_ATTEMPTS):
-            link = os.path.join(os.fspath(self.root), ".%s.tmp-%s" % (domain, secrets.token_hex(4)))
+            link = os.path.join(os.fspath(self.root), ".%s%s%s" % (domain, TEMP_MARK, secrets.token_hex(4)))
             try:
                 os.symlink(target, link)
                 return link

@@ -237,6 +237,40 @@ def test_lock_waits_for_release(tmp_path: Path) -> None:
                 stream.close()
 
 
+KILLED_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    from ansible_collections.mailops.linkcert.plugins.module_utils._acme_state import StateStore
+    store = StateStore(sys.argv[1])
+    with store.lock(sys.argv[2], 5):
+        # killed in the middle of the save: the temporary file is written, not yet renamed over the state file
+        os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)
+        store.save(sys.argv[2], {"ssl_status": "issued", "serial": "02"})
+""")
+
+
+def test_lock_after_a_killed_save_removes_its_temporary_file(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    with store.lock(DOMAIN, 0):
+        store.save(DOMAIN, {"ssl_status": "issued", "serial": "01"})
+    lock_file = tmp_path / ".locks" / ("%s.lock" % DOMAIN)
+    assert lock_file.read_bytes() == b"", "a holder that is done clears its process id"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(tmp_path), DOMAIN], env=env, capture_output=True, timeout=60, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".%s.json.tmp-" % DOMAIN)]
+    assert len(left) == 1 and lock_file.read_bytes().strip().isdigit()
+    other = tmp_path / ".www.links.customer.com.json.tmp-abcd"  # another domain's: not this lock's business
+    other.write_text("{}")
+    assert store.load(DOMAIN) == {"ssl_status": "issued", "serial": "01"}, "the state file is untouched"
+
+    with store.lock(DOMAIN, 0):
+        assert not (tmp_path / left[0]).exists()
+        assert lock_file.read_bytes().strip() == str(os.getpid()).encode()
+    assert other.exists()
+    assert lock_file.read_bytes() == b""
+    assert store.load(DOMAIN) == {"ssl_status": "issued", "serial": "01"}
+
+
 # ---------------------------------------------------------------- ledger
 
 def ledger(*ages_in_minutes: float, reason: str = "unauthorized") -> t.Dict[str, t.Any]:

@@ -327,3 +327,99 @@ def test_cert_store_domains_are_the_live_links(tmp_path: Path) -> None:
     store.install(DOMAIN, *pem_set(1))
     (tmp_path / "not-a-link.example").mkdir()
     assert store.domains() == [DOMAIN]
+
+
+KILLED_INSTALL = textwrap.dedent("""
+    import os, signal, sys
+    from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import CertStore
+    calls = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == int(sys.argv[3]):
+            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would, with a temporary file written but not renamed
+        real_fsync(fd)
+    os.fsync = fsync
+    CertStore(sys.argv[1]).install(sys.argv[2], b"key-new", b"cert-new", b"chain-new")
+""")
+
+
+def killed_install(root: Path, fsync_number: int) -> None:
+    """An install in a child process that is SIGKILLed in its ``fsync_number``-th fsync."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run([sys.executable, "-c", KILLED_INSTALL, str(root), DOMAIN, str(fsync_number)], env=env, capture_output=True,
+                          timeout=60, check=False)
+    assert proc.returncode == -9, proc.stderr
+
+
+def test_install_after_a_killed_install_removes_its_leftovers(tmp_path: Path) -> None:
+    store = CertStore(tmp_path)
+    store.install(DOMAIN, *pem_set(1))
+    store.install(DOMAIN, *pem_set(2))
+    lock = store.install_lock_path(DOMAIN)
+    assert lock == tmp_path / ".versions" / (".%s.lock" % DOMAIN)
+    assert sorted(os.listdir(store.versions_dir(DOMAIN))) == sorted(v.name for v in store.versions(DOMAIN)), "versions only"
+    assert lock.read_bytes() == b"", "a finished install leaves no mark"
+    good = store.versions(DOMAIN)
+    killed_install(tmp_path, 3)  # killed in its third fsync: privkey.pem written, cert.pem still a temporary file
+    partial = [v for v in store.versions(DOMAIN) if v not in good]
+    assert len(partial) == 1 and temp_files(partial[0]), "the killed install left a partial version with a temporary file"
+    assert lock.read_bytes().strip().isdigit(), "the killed install left its process id in the lock file"
+    assert store.read(DOMAIN)["cert"] == pem_set(2)[1], "the live pair is untouched"
+    # what a kill between creating the temporary link and renaming it leaves, and entries that are not leftovers
+    os.symlink(os.path.join(".versions", DOMAIN, good[-1].name), tmp_path / (".%s.tmp-0badf00d" % DOMAIN))
+    os.symlink("elsewhere", tmp_path / (".www.%s.tmp-0badf00d" % DOMAIN))
+    (tmp_path / ".versions" / DOMAIN / "legacy-20200101T000000.000000Z").mkdir()
+
+    store.install(DOMAIN, *pem_set(3))
+    assert store.read(DOMAIN)["cert"] == pem_set(3)[1]
+    versions = store.versions(DOMAIN)
+    assert good[0] in versions and good[1] in versions and len(versions) == 3, "complete versions are kept"
+    assert not partial[0].exists()
+    assert not os.path.lexists(tmp_path / (".%s.tmp-0badf00d" % DOMAIN))
+    assert os.path.islink(tmp_path / (".www.%s.tmp-0badf00d" % DOMAIN)), "another domain's entries are left alone"
+    assert (tmp_path / ".versions" / DOMAIN / "legacy-20200101T000000.000000Z").is_dir()
+    assert lock.read_bytes() == b""
+
+
+def test_first_install_after_a_killed_one(tmp_path: Path) -> None:
+    store = CertStore(tmp_path)
+    killed_install(tmp_path, 1)  # killed writing the private key
+    assert store.read(DOMAIN) is None and not os.path.lexists(store.live(DOMAIN))
+    assert temp_files(tmp_path)
+    store.install(DOMAIN, *pem_set(1))
+    assert store.read(DOMAIN)["privkey"] == pem_set(1)[0]
+    assert len(store.versions(DOMAIN)) == 1
+    assert not temp_files(tmp_path)
+
+
+INSTALL_LOCK_HOLDER = textwrap.dedent("""
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("held", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_install_waits_for_another_installer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = CertStore(tmp_path)
+    store.install(DOMAIN, *pem_set(1))
+    holder = subprocess.Popen([sys.executable, "-c", INSTALL_LOCK_HOLDER, str(store.install_lock_path(DOMAIN))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(storage, "INSTALL_LOCK_TIMEOUT", 0.2)
+        with pytest.raises(LinkcertError) as info:
+            store.install(DOMAIN, *pem_set(2))
+        assert info.value.reason == "write_failed" and "another process is installing" in info.value.msg
+        assert store.read(DOMAIN)["cert"] == pem_set(1)[1] and len(store.versions(DOMAIN)) == 1
+    finally:
+        if holder.stdin:
+            holder.stdin.close()
+        holder.wait(10)
+        if holder.stdout:
+            holder.stdout.close()
+    store.install(DOMAIN, *pem_set(2))
+    assert store.read(DOMAIN)["cert"] == pem_set(2)[1]
