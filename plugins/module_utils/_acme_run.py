@@ -260,11 +260,17 @@ class Runner:
         state["last_attempt"] = iso(now)
         try:
             key_pem, cert_pem, chain_pem = self._issue(spec, existing, decision, deadline)
+            # A failed install (a full disk) is this certificate's failure, like a CA error: the other
+            # certificates of the run go on, and the working pair is untouched (CertStore switches whole versions).
+            self.store.install(spec.domain, key_pem, cert_pem, chain_pem)
         except LinkcertError as exc:
             state = record_failure(state, utcnow(), exc.reason, exc.msg)
             result = self._failed(base, info, exc)
-            return self._save(spec.domain, state, result, attempted=True)
-        self.store.install(spec.domain, key_pem, cert_pem, chain_pem)
+            try:
+                return self._save(spec.domain, state, result, attempted=True)
+            except LinkcertError as save_error:  # the state root is full too: still answer for this certificate
+                result["message"] += " Its state file could not be updated either: %s" % save_error.msg
+                return result
         new_info = renewal.cert_info(cert_pem)
         state["last_success"] = iso(utcnow())
         state.pop("ari", None)

@@ -396,9 +396,11 @@ def test_disk_full_keeps_the_working_pair(lab, tmp_path, small_disk, full):
     assert ENOSPC_TEXT in failure["message"] and str(small_disk) in failure["message"], failure
     assert roots.pair(domain) == before
     assert roots.assert_installed(domain) == before
+    assert failure["where"] == "result", "a full disk is this certificate's failure, not the module's"
     if full == "cert-root":
-        # The certificate could not be stored: the state file still describes the working pair.
-        assert roots.state(domain) == state_before
+        # The certificate could not be stored: the state file still describes the working pair, and records the failure.
+        state = roots.state(domain)
+        assert (state["ssl_status"], state["serial"], state["reason"]) == ("issued", state_before["serial"], "write_failed")
     assert roots.versions(domain) == versions_before
     roots.assert_clean(domain)
 

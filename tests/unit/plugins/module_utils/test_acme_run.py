@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_renewal as renewal
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_client import AcmeProblem
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_run import CertSpec, Runner, Settings
+from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError
 
 DATA = Path(__file__).parent / "data" / "ari"
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -139,3 +140,28 @@ def test_names_changed_renews_without_replaces(tmp_path):
     result = make_runner(tmp_path, ca).process(wider)
     assert result["action"] == "renewed" and ca.orders[-1]["replaces"] is None
     assert ca.orders[-1]["names"] == ["links.customer.example", "www.customer.example"]
+
+
+def test_a_failed_install_is_that_certificates_failure_and_the_others_go_on(tmp_path, monkeypatch):
+    """A full disk while installing one certificate: a per-certificate failure, the working pair kept, the run goes on."""
+    ca = ScriptedCA()
+    specs = [CertSpec("full.customer.example", ["full.customer.example"]), CertSpec("fine.customer.example", ["fine.customer.example"])]
+    first = make_runner(tmp_path, ca).run(specs)
+    assert [r["action"] for r in first] == ["issued", "issued"]
+    before = (tmp_path / "live" / "full.customer.example" / "cert.pem").read_bytes()
+
+    runner = make_runner(tmp_path, ca, force=True)
+    real_install = runner.store.install
+
+    def install(domain, *pems):
+        if domain == "full.customer.example":
+            raise LinkcertError("cannot write %s: No space left on device (ENOSPC)" % domain, item=domain, reason="write_failed")
+        return real_install(domain, *pems)
+
+    monkeypatch.setattr(runner.store, "install", install)
+    results = runner.run(specs)
+    assert [(r["action"], r["reason"], r["ssl_status"]) for r in results] == [("failed", "write_failed", "issued"), ("renewed", "renewed", "issued")]
+    assert "installed certificate is untouched" in results[0]["message"]
+    assert (tmp_path / "live" / "full.customer.example" / "cert.pem").read_bytes() == before
+    state = json.loads((tmp_path / "state" / "full.customer.example.json").read_text())
+    assert state["reason"] == "write_failed" and state["failures"][-1]["reason"] == "write_failed"
