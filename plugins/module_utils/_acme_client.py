@@ -164,8 +164,14 @@ class AcmeClient:
             except acme_errors.ConflictError:
                 raise
             except (requests.exceptions.SSLError,) as error:
+                text = short_error(error)
+                if "not yet valid" in text or "has expired" in text:
+                    raise LinkcertError("%s: the CA's TLS certificate is not valid at this host's time, %s (%s). Check this host's clock "
+                                        "(timedatectl, NTP); verification is never switched off." % (
+                                            what, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), text),
+                                        item=item, reason="host_clock") from None
                 raise LinkcertError("%s: the CA's TLS certificate is not trusted (%s). Give the CA's root in acme_ca_bundle; "
-                                    "verification is never switched off." % (what, short_error(error)), item=item, reason="ca_untrusted") from None
+                                    "verification is never switched off." % (what, text), item=item, reason="ca_untrusted") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
                 if attempt == _MAX_RETRIES or time.monotonic() + delay > deadline:
                     raise LinkcertError("%s: the CA at %s cannot be reached (%s)." % (what, self.directory_url, short_error(error)),

@@ -52,6 +52,12 @@ ARI_RETRY_MAX = datetime.timedelta(days=1)
 # Below this lifetime a certificate is renewed at half-life instead of at two thirds.
 SHORT_LIFETIME = datetime.timedelta(days=10)
 
+# How far a certificate's notBefore may be ahead of this host's clock and the certificate still count as valid now.
+# The CA stamps notBefore with its own clock, and not every CA backdates it (Pebble does not; Let's Encrypt backdates
+# an hour), so a host whose clock is a few seconds or minutes behind the CA's would otherwise find every new certificate
+# "not yet valid".  A larger gap is a clock to fix: ``decide`` then says so (reason ``not_yet_valid``).
+CLOCK_SKEW_TOLERANCE = datetime.timedelta(minutes=5)
+
 KEY_TYPES = ("ec256", "ec384", "rsa2048", "rsa3072", "rsa4096", "other")
 
 REASONS = ("no_certificate", "names_changed", "key_type_changed", "forced", "expired", "not_yet_valid",
@@ -184,6 +190,12 @@ def cert_info(cert_pem: t.Union[bytes, str]) -> CertInfo:
         raise LinkcertError("the existing certificate cannot be read (%s); it will not be trusted for renewal decisions" % exc,
                             reason="cert_invalid") from None
     return info
+
+
+def valid_at(info: CertInfo, now: datetime.datetime) -> bool:
+    """Whether the certificate is valid at ``now`` (this host's clock), allowing ``CLOCK_SKEW_TOLERANCE`` before notBefore."""
+    now = _utc(now)
+    return info.not_before - CLOCK_SKEW_TOLERANCE <= now < info.not_after
 
 
 # ------------------------------------------------------------------ thresholds
@@ -364,7 +376,7 @@ def decide(info: t.Optional[CertInfo], wanted_names: t.Sequence[str], wanted_key
         return renew("forced", None, "%s will be renewed because renewal was forced." % subject)
     if now >= info.not_after:
         return renew("expired", None, "%s expired at %s, so it will be renewed now." % (subject, iso(info.not_after)))
-    if now < info.not_before:
+    if now < info.not_before - CLOCK_SKEW_TOLERANCE:
         return Decision(False, "not_yet_valid", info.not_before, None,
                         "%s is not valid before %s but the clock here says %s: the host clock or the CA clock is off, so it is left alone." % (
                             subject, iso(info.not_before), iso(now)))

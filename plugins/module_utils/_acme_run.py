@@ -17,6 +17,7 @@ touches the installed pair.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import random
@@ -69,6 +70,7 @@ class Settings(t.NamedTuple):
     force: bool
     check_mode: bool
     workers: int = 8
+    server_check: t.Optional[t.Tuple[str, ...]] = None
 
 
 def settings_from_options(p: t.Mapping[str, t.Any], check_mode: bool = False) -> Settings:
@@ -93,6 +95,11 @@ def settings_from_options(p: t.Mapping[str, t.Any], check_mode: bool = False) ->
     timeout, workers, port = float(p.get("timeout", 120)), int(p.get("workers", 8)), int(p.get("challenge_port", 80))
     if not 0 < timeout <= 3600 or not 1 <= workers <= 64 or not 0 < port < 65536:
         raise InputError("timeout must be in (0, 3600], workers in [1, 64], challenge_port in [1, 65535]", item="timeout")
+    server_check = p.get("server_check")
+    if server_check is not None and (isinstance(server_check, (str, bytes)) or not server_check
+                                     or not all(isinstance(arg, str) and arg and "\0" not in arg for arg in server_check)):
+        raise InputError("server_check must be a command as a non-empty list of arguments, for example [nginx, -t], got %r" % (server_check,),
+                         item="server_check")
     return Settings(
         directory_url=p["acme_directory"], ca_bundle=p.get("acme_ca_bundle") or None,
         account_key=p.get("account_key") or os.path.join(p["state_root"], "account.key"),
@@ -103,12 +110,16 @@ def settings_from_options(p: t.Mapping[str, t.Any], check_mode: bool = False) ->
         profile=p.get("profile") or None, self_check=bool(p.get("self_check", True)), challenge_port=port,
         resolver=make_resolver(p["resolvers"], 5.0) if p.get("resolvers") else None,
         timeout=timeout, force=bool(p.get("force")), check_mode=check_mode, workers=workers,
+        server_check=tuple(server_check) if server_check else None,
     )
 
 
 class CertSpec(t.NamedTuple):
     domain: str
     names: t.List[str]
+    # Set when DNS or CAA no longer allow an order (``_status.acme_input``): nothing is ordered, the installed
+    # certificate stays as it is, and the hold is reported.
+    hold: t.Optional[t.Dict[str, t.Any]] = None
 
 
 def cert_specs(certificates: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[CertSpec]:
@@ -126,7 +137,11 @@ def cert_specs(certificates: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[CertSp
         if domain in seen:
             raise InputError("%s: %s is listed twice (also as certificates[%d])" % (where, domain, seen[domain]), item=domain)
         seen[domain] = index
-        specs.append(CertSpec(domain, names))
+        hold = entry.get("hold")
+        if hold is not None and not (isinstance(hold, dict) and isinstance(hold.get("reason"), str) and hold["reason"]
+                                     and isinstance(hold.get("explanation"), str)):
+            raise InputError("%s.hold must be a dict with a reason and an explanation" % where, item=domain)
+        specs.append(CertSpec(domain, names, dict(hold) if hold else None))
     return specs
 
 
@@ -142,9 +157,18 @@ def split_chain(pem: bytes) -> t.Tuple[bytes, bytes]:
     return blocks[0], b"".join(blocks[1:])
 
 
+# (argv) -> (exit status, stdout, stderr): AnsibleModule.run_command in the module, subprocess in the renewal runner.
+RunCommand = t.Callable[[t.Sequence[str]], t.Tuple[int, str, str]]
+
+
 class Runner:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, run_command: t.Optional[RunCommand] = None) -> None:
+        if settings.server_check and run_command is None:
+            raise InputError("server_check needs a way to run commands", item="server_check")
         self.s = settings
+        self._run_command = run_command
+        self._server_lock = threading.Lock()
+        self._server_verdict: t.Optional[t.Tuple[bool, str]] = None
         self.store = CertStore(settings.cert_root)
         self.states = StateStore(settings.state_root)
         self._client: t.Optional[AcmeClient] = None
@@ -192,6 +216,31 @@ class Runner:
                 self._client = client
             return self._client
 
+    def _server_ready(self, domain: str) -> None:
+        """Run ``server_check`` (once per run, on the first certificate that is due) and raise if it fails.
+
+        A web server that cannot load its configuration could not serve a new certificate either: ordering one
+        would spend the CA's budget for a certificate nobody gets, so nothing is ordered until it is fixed.
+        """
+        if not self.s.server_check or self._run_command is None:
+            return
+        with self._server_lock:
+            if self._server_verdict is None:
+                command = " ".join(self.s.server_check)
+                try:
+                    rc, out, err = self._run_command(self.s.server_check)
+                except OSError as exc:
+                    rc, out, err = 127, "", str(exc)
+                if rc == 0:
+                    self._server_verdict = (True, "")
+                else:
+                    detail = " ".join((err or out or "no output").strip().split("\n")[-3:])
+                    self._server_verdict = (False, "%s failed (exit %d), so nothing was ordered: the web server could not load a new "
+                                                   "certificate. Fix what it reports, then re-run: %s" % (command, rc, detail))
+        ok, message = self._server_verdict
+        if not ok:
+            raise LinkcertError(message, item=domain, reason="server_config_broken")
+
     def _account_key(self) -> t.Any:
         return account_key(self.s.account_key, create=True)[0]
 
@@ -211,6 +260,9 @@ class Runner:
     def _process(self, spec: CertSpec, deadline: float) -> t.Dict[str, t.Any]:
         base = {"domain": spec.domain, "names": spec.names, "changed": False}
         base.update(self.store.paths(spec.domain))
+        if spec.hold is not None and self._installed(spec.domain)[0] is None:
+            # Held and nothing installed: nothing to keep or to record; the play words the status from DNS and CAA.
+            return self._held(base, None, spec.hold)
         if self.s.check_mode:  # reads only: no lock file is created
             return self._locked(spec, base, deadline)
         try:
@@ -237,21 +289,27 @@ class Runner:
 
     def _locked(self, spec: CertSpec, base: t.Dict[str, t.Any], deadline: float) -> t.Dict[str, t.Any]:
         now = utcnow()
-        state = self.states.load(spec.domain)
+        # What is on disk, to compare with at the end: the flow below updates ``state`` in place (ARI answer,
+        # last attempt, failure ledger), and each such change must be saved even when the status is the same.
+        loaded = self.states.load(spec.domain)
+        state = copy.deepcopy(loaded)
         info, existing = self._installed(spec.domain)
+        if spec.hold is not None:
+            result = self._held(base, info, spec.hold)
+            return result if self.s.check_mode else self._save(spec.domain, loaded, state, result, attempted=False)
         ari_at = self._ari(spec.domain, info, state, deadline)
         features = self.features()
         decision = renewal.decide(info, spec.names, self.s.key_type, now, self.s.renew_before, force=self.s.force,
                                   ari_renew_at=ari_at, ari_offered=bool(features.get("ari")))
         if not decision.due:
             result = self._report(base, info, decision, "none", decision.reason, decision.message)
-            return self._save(spec.domain, state, result, attempted=False)
+            return self._save(spec.domain, loaded, state, result, attempted=False)
         held = guard_until(state, now, reasons=VALIDATION_FAILURES)
         if held and not self.s.force:
             result = self._report(base, info, decision, "none", "rate_limit_guard",
                                   "%s failed validation too often in the last hour; no new order before %s, so the CA does not pause the name."
                                   % (spec.domain, iso(held)), retry_after=iso(held))
-            return self._save(spec.domain, state, result, attempted=False)
+            return self._save(spec.domain, loaded, state, result, attempted=False)
         action = "renewed" if info else "issued"
         if self.s.check_mode:
             result = self._report(base, info, decision, action, decision.reason, "Would %s: %s" % ("renew" if info else "issue", decision.message))
@@ -259,6 +317,7 @@ class Runner:
             return result
         state["last_attempt"] = iso(now)
         try:
+            self._server_ready(spec.domain)
             key_pem, cert_pem, chain_pem = self._issue(spec, existing, decision, deadline)
             # A failed install (a full disk) is this certificate's failure, like a CA error: the other
             # certificates of the run go on, and the working pair is untouched (CertStore switches whole versions).
@@ -267,7 +326,7 @@ class Runner:
             state = record_failure(state, utcnow(), exc.reason, exc.msg)
             result = self._failed(base, info, exc)
             try:
-                return self._save(spec.domain, state, result, attempted=True)
+                return self._save(spec.domain, loaded, state, result, attempted=True)
             except LinkcertError as save_error:  # the state root is full too: still answer for this certificate
                 result["message"] += " Its state file could not be updated either: %s" % save_error.msg
                 return result
@@ -278,7 +337,7 @@ class Runner:
         result = self._report(base, new_info, after, action, action, "%s a certificate for %s, valid until %s." % (
             "Renewed" if info else "Issued", ", ".join(spec.names), iso(new_info.not_after)))
         result["changed"] = True
-        return self._save(spec.domain, state, result, attempted=True)
+        return self._save(spec.domain, loaded, state, result, attempted=True)
 
     def _ari(self, domain: str, info: t.Optional[t.Any], state: t.Dict[str, t.Any], deadline: float) -> t.Optional[datetime.datetime]:
         """The ARI renewal time for the installed certificate: cached until Retry-After, else asked (never in check mode)."""
@@ -372,13 +431,26 @@ class Runner:
 
     def _report(self, base: t.Dict[str, t.Any], info: t.Optional[t.Any], decision: t.Optional[t.Any], action: str, reason: str,
                 message: str, **extra: t.Any) -> t.Dict[str, t.Any]:
-        valid = info is not None and info.not_before <= utcnow() < info.not_after
+        valid = info is not None and renewal.valid_at(info, utcnow())
         status = _status.ISSUED if valid else _status.PENDING
         result = dict(base)
         result.update(_status.status_entry(base["domain"], status, reason, message, None, action=action))
         result.update(_cert_fields(info))
         result["renew_after"] = iso(decision.renew_after) if decision is not None and decision.renew_after else None
         result.update(extra)
+        return result
+
+    def _held(self, base: t.Dict[str, t.Any], info: t.Optional[t.Any], hold: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+        """A certificate DNS or CAA hold back: no order; the installed one (if any) is kept and still served."""
+        valid = info is not None and renewal.valid_at(info, utcnow())
+        status, reason, message = _status.held(hold["reason"], hold["explanation"], valid)
+        if info is not None:
+            message += " The installed certificate (serial %s, valid until %s) %s; nothing is ordered until this is fixed." % (
+                info.serial_hex, iso(info.not_after), "is still served" if valid else "is no longer valid")
+        result = dict(base)
+        result.update(_status.status_entry(base["domain"], status, reason, message, hold.get("remediation"), action="none", held=True))
+        result.update(_cert_fields(info))
+        result["renew_after"] = None
         return result
 
     def _failed(self, base: t.Dict[str, t.Any], info: t.Optional[t.Any], exc: LinkcertError) -> t.Dict[str, t.Any]:
@@ -399,14 +471,16 @@ class Runner:
             result["retry_after"] = iso(datetime.datetime.fromtimestamp(retry_at, datetime.timezone.utc))
         return result
 
-    def _save(self, domain: str, state: t.Dict[str, t.Any], result: t.Dict[str, t.Any], attempted: bool) -> t.Dict[str, t.Any]:
+    def _save(self, domain: str, loaded: t.Mapping[str, t.Any], state: t.Dict[str, t.Any], result: t.Dict[str, t.Any],
+              attempted: bool) -> t.Dict[str, t.Any]:
+        """Write the state file when anything differs from what was read (``loaded``); return ``result``."""
         if self.s.check_mode:
             return result
         new_state = dict(state)
         new_state.update({key: result.get(key) for key in STATE_KEYS})
         if not attempted:
             new_state["action"] = state.get("action", result["action"])
-        if new_state != state:
+        if new_state != loaded:
             self.states.save(domain, new_state)
         return result
 

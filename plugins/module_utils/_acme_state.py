@@ -15,6 +15,10 @@ writes its process id into the lock file and clears it when done; the state file
 is only written under the lock, so whoever finds an id there (its holder was
 killed) removes the temporary files a save killed half-way left behind.
 
+The state root is private to root (0700, tightened on every write if it was created
+looser) and state files are 0600: they name file paths and account records, and nginx
+workers, which share the host, must not list or read them.
+
 The ledger keeps the latest validation failures of a domain so that a run can
 refuse to place an order that would hit the CA's failed-validation limit
 (Let's Encrypt: 5 failures per name per hour).
@@ -29,6 +33,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import typing as t
 from pathlib import Path
 
@@ -38,9 +43,9 @@ from ansible_collections.mailops.linkcert.plugins.module_utils._errors import Li
 
 PathLike = t.Union[str, "os.PathLike[str]"]
 
-ROOT_MODE = 0o755
+ROOT_MODE = 0o700
 PRIVATE_DIR_MODE = 0o700
-STATE_MODE = 0o644
+STATE_MODE = 0o600
 ACCOUNT_MODE = 0o600
 LOCK_POLL_INTERVAL = 0.05
 MAX_FAILURES_KEPT = 20
@@ -86,9 +91,12 @@ def _dumps(data: t.Mapping[str, t.Any]) -> bytes:
     return (json.dumps(data, sort_keys=True, indent=2, default=_json_default) + "\n").encode("utf-8")
 
 
-def _make_dir(path: Path, mode: int) -> None:
+def _make_dir(path: Path, mode: int, enforce: bool = False) -> None:
+    """Create ``path`` with ``mode`` (parents as needed); with ``enforce`` also fix the mode of an existing one."""
     if not path.is_dir():
         os.makedirs(path, mode=mode, exist_ok=True)
+        os.chmod(path, mode)
+    elif enforce and stat.S_IMODE(os.stat(path).st_mode) != mode:
         os.chmod(path, mode)
 
 
@@ -100,8 +108,9 @@ class StateStore:
         self.root = Path(root)
 
     def _ensure_root(self) -> None:
+        """Create the root (0700), or make an existing one 0700 again (earlier releases created it 0755)."""
         try:
-            _make_dir(self.root, ROOT_MODE)
+            _make_dir(self.root, ROOT_MODE, enforce=True)
         except OSError as exc:
             raise LinkcertError("cannot create the state directory %s: %s" % (self.root, os_error_text(exc)),
                                 item=str(self.root), reason="write_failed") from exc

@@ -47,15 +47,43 @@ def verify_input(domains: t.Sequence[t.Mapping[str, t.Any]], edge_cname: t.Optio
     return result
 
 
+# A domain that had a certificate and whose DNS or CAA has since changed: its DNS reason becomes a drift.
+DRIFT = {"dns_not_ready": "dns_drift", "caa_blocked": "caa_drift"}
+
+
 def acme_input(domains: t.Sequence[t.Mapping[str, t.Any]], verify_results: t.Sequence[t.Mapping[str, t.Any]],
                caa_results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]]) -> t.List[t.Dict[str, t.Any]]:
-    """The certificates to hand to acme_http01_cert: domains that route to the edge and whose CAA allows issuance."""
-    allowed = {str(r["domain"]) for r in (caa_results or []) if r.get("allowed")}
-    ready = [r["name"] for r in verify_results if r.get("ssl_ready") and r["name"] in allowed]
-    alt = {}
+    """The certificates to hand to acme_http01_cert: every domain served over HTTPS.
+
+    Those that route to the edge and whose CAA allows issuance are ordered as due; the others carry a
+    ``hold`` (their DNS or CAA finding), so nothing is ordered for them and an installed certificate is
+    kept and reported (drift), never dropped.
+    """
+    caa = _index(caa_results, "domain")
+    wanted = []
     for entry, result in zip(domains, verify_results):
-        alt[result["name"]] = list(entry.get("alt_names") or []) if isinstance(entry, dict) else []
-    return [{"domain": name, "alt_names": alt.get(name, [])} for name in ready]
+        name = result["name"]
+        if not any(r["check"] == "cname" for r in result.get("records", [])):
+            continue  # not served over HTTPS by us
+        item: t.Dict[str, t.Any] = {"domain": name, "alt_names": list(entry.get("alt_names") or []) if isinstance(entry, dict) else []}
+        found = domain_status(name, result, caa.get(name))
+        if found["ssl_status"] != PENDING:
+            item["hold"] = {"reason": found["reason"], "explanation": found["message"], "remediation": found["remediation"]}
+        wanted.append(item)
+    return wanted
+
+
+def held(reason: str, message: str, valid: bool) -> t.Tuple[str, str, str]:
+    """Status, reason and message of a certificate held back by its DNS or CAA finding.
+
+    A change the customer made (the name no longer routes to the edge, CAA now forbids our CA) is a
+    drift and the domain turns pending long before expiry; a lookup that failed keeps a valid
+    certificate issued (the next run asks again); an expired one is pending either way.
+    """
+    drift = DRIFT.get(reason)
+    if drift:
+        return PENDING, drift, "%s changed after the certificate was issued: %s" % ("CAA" if drift == "caa_drift" else "DNS", message)
+    return (ISSUED if valid else PENDING), reason, message
 
 
 def _index(results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]], key: str) -> t.Dict[str, t.Mapping[str, t.Any]]:
@@ -94,7 +122,7 @@ def domain_status(name: str, verify: t.Optional[t.Mapping[str, t.Any]], caa: t.O
     return status_entry(name, PENDING, "awaiting_issuance", message, None, **extra)
 
 
-CERT_FIELDS = ("action", "serial", "issuer", "not_before", "not_after", "renew_after", "privkey", "cert", "chain", "fullchain", "names")
+CERT_FIELDS = ("action", "held", "serial", "issuer", "not_before", "not_after", "renew_after", "privkey", "cert", "chain", "fullchain", "names")
 
 
 def statuses(domains: t.Sequence[t.Any], verify_results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]],
@@ -114,6 +142,8 @@ def statuses(domains: t.Sequence[t.Any], verify_results: t.Optional[t.Sequence[t
     for name in ordered:
         entry = domain_status(name, by_name.get(name), by_domain.get(name))
         cert = by_cert.get(name)
+        if cert is not None and cert.get("held") and not cert.get("serial"):
+            cert = None  # held and never issued: the DNS or CAA finding is the status
         if cert is not None:
             entry.update(status_entry(name, cert["ssl_status"], cert["reason"], cert["message"], cert.get("remediation"),
                                       dns_verified=entry["dns_verified"], dns_issues=entry["dns_issues"]))
@@ -133,6 +163,12 @@ def table(entries: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
             detail = "expires %s" % str(entry["not_after"])[:10]
             if entry.get("renew_after"):
                 detail += ", renews from %s" % str(entry["renew_after"])[:10]
+            if entry.get("action") == "failed":
+                detail += "; renewal failed (%s), still served" % entry.get("reason", "")
+            elif entry.get("held"):
+                detail += "; renewal held (%s)" % entry.get("reason", "")
+                if entry.get("remediation"):
+                    detail += ": publish %s" % " + ".join(str(entry["remediation"]).splitlines())
         else:
             detail = entry.get("reason", "")
             if entry.get("remediation"):

@@ -49,6 +49,26 @@ options:
         type: list
         elements: str
         default: []
+      hold:
+        description:
+          - Set when the domain's DNS or CAA no longer allows an order (the certificate role builds it from
+            M(mailops.linkcert.sending_domain_verify)'s findings). Nothing is ordered; an installed certificate is kept and
+            reported, C(SSL Pending) with C(dns_drift) or C(caa_drift) when the customer changed DNS or CAA, still
+            C(SSL Issued) when a lookup failed.
+          - A held domain with no installed certificate is returned with C(held=true) and no serial, and nothing is written.
+        type: dict
+        suboptions:
+          reason:
+            description: The finding's reason, for example C(dns_not_ready), C(caa_blocked), C(caa_dns_error).
+            type: str
+            required: true
+          explanation:
+            description: What the finding says.
+            type: str
+            required: true
+          remediation:
+            description: The record to publish, if any.
+            type: str
   acme_directory:
     description: The ACME directory URL.
     type: str
@@ -133,6 +153,14 @@ options:
     description: Renew even when the certificate is not due (the failed-validation guard is skipped too).
     type: bool
     default: false
+  server_check:
+    description:
+      - A command (list of arguments, no shell) that must succeed before anything is ordered, for example V([nginx, -t]).
+      - It runs once, when the first certificate turns out to be due, and never in check mode or when nothing is due.
+      - When it fails, the web server could not load a new certificate, so nothing is ordered or written. Each due certificate
+        reports reason C(server_config_broken) with the command's last lines, and an installed certificate stays served.
+    type: list
+    elements: str
 requirements:
   - acme >= 2.0
   - josepy
@@ -204,7 +232,8 @@ results:
       description: C(SSL Issued), C(SSL Pending) or C(SSL Unknown).
       type: str
     reason:
-      description: A machine code, for example C(issued), C(renewed), C(not_due), C(self_check_http_404), C(acme_rate_limited), C(rate_limit_guard), C(locked).
+      description: A machine code, for example C(issued), C(renewed), C(not_due), C(not_yet_valid), C(self_check_http_404), C(acme_rate_limited),
+        C(rate_limit_guard), C(server_config_broken), C(write_failed), C(locked).
       type: str
     message:
       description: What happened and what to do.
@@ -242,6 +271,9 @@ results:
     fullchain:
       description: Path of certificate plus chain, for nginx's C(ssl_certificate).
       type: str
+    held:
+      description: Whether the certificate was held back by O(certificates[].hold) (present only then).
+      type: bool
     duration_ms:
       description: Wall time spent on this certificate (lock, decision, protocol, files), in milliseconds.
       type: float
@@ -259,6 +291,11 @@ def main():
             "certificates": {"type": "list", "elements": "dict", "required": True, "options": {
                 "domain": {"type": "str", "required": True},
                 "alt_names": {"type": "list", "elements": "str", "default": []},
+                "hold": {"type": "dict", "options": {
+                    "reason": {"type": "str", "required": True},
+                    "explanation": {"type": "str", "required": True},
+                    "remediation": {"type": "str"},
+                }},
             }},
             "acme_directory": {"type": "str", "default": "https://acme-v02.api.letsencrypt.org/directory"},
             "acme_ca_bundle": {"type": "path"},
@@ -280,6 +317,7 @@ def main():
             "timeout": {"type": "float", "default": 120.0},
             "workers": {"type": "int", "default": 8},
             "force": {"type": "bool", "default": False},
+            "server_check": {"type": "list", "elements": "str"},
         },
         supports_check_mode=True,
     )
@@ -287,7 +325,8 @@ def main():
         module.fail_json(msg=missing_required_lib("acme"), exception=str(_acme_client.ACME_IMPORT_ERROR))
     try:
         specs = _acme_run.cert_specs(module.params["certificates"])
-        runner = _acme_run.Runner(_acme_run.settings_from_options(module.params, module.check_mode))
+        runner = _acme_run.Runner(_acme_run.settings_from_options(module.params, module.check_mode),
+                                  run_command=lambda argv: module.run_command(list(argv), expand_user_and_vars=False))
         results = runner.run(specs)
     except LinkcertError as exc:
         exc.fail(module)

@@ -178,6 +178,110 @@ def test_nginx_rejecting_new_files_gets_the_previous_ones_back_and_keeps_serving
     assert served(edge_lab, pebble_root, GOOD[0])["serialNumber"] == serial
 
 
+def nginx_workers(edge_lab: Dict[str, Any]) -> str:
+    """nginx's master pid and its workers' pids: a reload replaces the workers."""
+    return on_edge(edge_lab, "m=$(systemctl show -p MainPID --value nginx); echo $m; cat /proc/$m/task/*/children")
+
+
+def test_a_broken_nginx_config_on_the_edge_orders_nothing_and_keeps_serving(edge_lab, first_run, pebble_root):
+    """A colleague's half-finished edit in conf.d: nginx -t fails. The renewal that comes due orders nothing, nginx
+    is not reloaded, the working certificates stay served, and the play fails naming the file; fixed, the next run renews."""
+    broken = "/etc/nginx/conf.d/customer-redirects.conf"
+    pairs = "sha256sum /etc/linkcert/live/*/privkey.pem /etc/linkcert/live/*/fullchain.pem"
+    before, workers = on_edge(edge_lab, pairs), nginx_workers(edge_lab)
+    serials = {name: served(edge_lab, pebble_root, name)["serialNumber"] for name in GOOD}
+    pebble_log = Path(edge_lab["env"]["LINKCERT_LAB_DIR"]) / "log" / "pebble.log"
+    orders = pebble_log.read_text().count("/order-plz")
+    due = {"certificate_renew_before": 90}  # not shorter than the demo's 90-day lifetime: every run renews
+
+    on_edge(edge_lab, "printf 'linkcert_no_such_directive on;\\n' > %s" % broken)
+    try:
+        run = run_playbook(PLAYBOOK, INVENTORY, extra_vars=due, env=edge_lab["env"])
+        said = " ".join(run.stdout.split())
+        assert run.rc != 0 and run.total("failed") == 1, run.stdout
+        assert "cannot load its configuration, so nothing was ordered for links.example.com, em.example.com" in said, run.stdout
+        assert 'unknown directive "linkcert_no_such_directive" in %s:1' % broken in said
+        rows = {line.split()[0]: line for line in table(run.stdout)}
+        for name in GOOD:
+            assert "SSL Issued" in rows[name] and "renewal failed (server_config_broken), still served" in rows[name], rows[name]
+            state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
+            assert state["reason"] == "server_config_broken" and state["ssl_status"] == "issued"
+            assert served(edge_lab, pebble_root, name)["serialNumber"] == serials[name]
+        assert pebble_log.read_text().count("/order-plz") == orders, "a certificate nginx could not load was ordered"
+        assert on_edge(edge_lab, pairs) == before and nginx_workers(edge_lab) == workers, "files changed or nginx was reloaded"
+        assert on_edge(edge_lab, "systemctl is-active nginx").strip() == "active"
+    finally:
+        on_edge(edge_lab, "rm -f %s" % broken)
+
+    fixed = run_playbook(PLAYBOOK, INVENTORY, extra_vars=due, env=edge_lab["env"])
+    assert fixed.rc == 0, fixed.stdout
+    assert pebble_log.read_text().count("/order-plz") == orders + len(GOOD)
+    for name in GOOD:
+        state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
+        now_served = served(edge_lab, pebble_root, name)["serialNumber"]
+        assert state["action"] == "renewed" and now_served != serials[name] and int(now_served, 16) == int(state["serial"], 16)
+
+
+def test_dns_drift_and_a_failing_caa_parent_hold_renewal_and_keep_serving(edge_lab, first_run, pebble_root):
+    """Due certificates (renew_before 90 days): links.example.com's CNAME now points elsewhere (the customer moved it),
+    and example.com, em.example.com's CAA parent, answers SERVFAIL. Nothing is ordered, both stay served; drift is
+    SSL Pending with the record to publish, the failed lookup keeps SSL Issued. With DNS right again both renew."""
+    lab = labctl.Lab.from_env(edge_lab)
+    moved, caa_failing = GOOD
+    serials = {name: served(edge_lab, pebble_root, name)["serialNumber"] for name in GOOD}
+    pebble_log = Path(edge_lab["env"]["LINKCERT_LAB_DIR"]) / "log" / "pebble.log"
+    orders = pebble_log.read_text().count("/order-plz")
+    due = {"certificate_renew_before": 90}
+    lab.dns_set("cname", moved, "elsewhere.example.org")
+    lab.dns_set("servfail", "example.com", True)
+    try:
+        run = run_playbook(PLAYBOOK, INVENTORY, extra_vars=due, env=edge_lab["env"])
+    finally:
+        lab.dns_set("cname", moved, "edge.linkcert.example")
+        lab.dns_set("servfail", "example.com", False)
+    assert run.rc == 0, run.stdout
+    rows = {line.split()[0]: line for line in table(run.stdout)}
+    assert re.search(r"SSL Pending\s+dns_drift: publish links\.example\.com\. CNAME edge\.linkcert\.example\.", rows[moved]), rows[moved]
+    assert re.search(r"SSL Issued\s+expires \S+; renewal held \(caa_dns_error\)", rows[caa_failing]), rows[caa_failing]
+    assert pebble_log.read_text().count("/order-plz") == orders, "an order went out for a held domain"
+    for name, reason, status in ((moved, "dns_drift", "pending"), (caa_failing, "caa_dns_error", "issued")):
+        state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
+        assert (state["reason"], state["ssl_status"]) == (reason, status), state
+        assert int(state["serial"], 16) == int(serials[name], 16), "the record lost its certificate"
+        assert served(edge_lab, pebble_root, name)["serialNumber"] == serials[name], "%s is no longer served" % name
+    assert "SERVFAIL" in json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % caa_failing))["message"]
+
+    again = run_playbook(PLAYBOOK, INVENTORY, extra_vars=due, env=edge_lab["env"])
+    assert again.rc == 0, again.stdout
+    assert pebble_log.read_text().count("/order-plz") == orders + len(GOOD)
+    for name in GOOD:
+        state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
+        assert (state["action"], state["ssl_status"]) == ("renewed", "issued"), state
+        assert int(served(edge_lab, pebble_root, name)["serialNumber"], 16) == int(state["serial"], 16) != int(serials[name], 16)
+
+
+def secrets_on_edge(edge_lab: Dict[str, Any]) -> List[str]:
+    """Every base64 line of every private key on the edge (certificate keys and the ACME account key)."""
+    pems = on_edge(edge_lab, "cat /etc/linkcert/live/*/privkey.pem /var/lib/linkcert/state/account.key")
+    lines = [line for line in pems.splitlines() if line and not line.startswith("-----")]
+    assert len(lines) >= 3 * (len(GOOD) + 1), "fewer key lines than keys"
+    return lines
+
+
+def test_no_private_key_in_any_output_or_log(edge_lab, first_run):
+    """The first run, a -vvv run (module arguments and results in full) and the renewal service's journal."""
+    loud = run_playbook(PLAYBOOK, INVENTORY, env=edge_lab["env"], verbosity=3)
+    assert loud.rc == 0, loud.stdout
+    assert "module_args:" in loud.stdout and "ESTABLISH SSH CONNECTION" in loud.stdout, "not a -vvv run"
+    on_edge(edge_lab, "systemctl start linkcert-renew.service")
+    journal = on_edge(edge_lab, "journalctl -u linkcert-renew.service --no-pager -o cat")
+    assert "linkcert-renew:" in journal, journal
+    outputs = {"first run": first_run.stdout + first_run.stderr, "-vvv run": loud.stdout + loud.stderr, "journal": journal}
+    for line in secrets_on_edge(edge_lab):
+        for where, text in outputs.items():
+            assert line not in text, "a private key line is in the %s" % where
+
+
 def test_renew_under_ansible_runner_hands_awx_the_summary(edge_lab, first_run, tmp_path):
     """renew.yml as AWX runs it: ansible-runner with a private data dir; the summary is in the artifacts."""
     private = tmp_path / "runner"
@@ -202,6 +306,10 @@ def test_renew_under_ansible_runner_hands_awx_the_summary(edge_lab, first_run, t
     assert summary["renewed"] == [] and summary["failed"] == [] and summary["pending"] == []
     # Nothing was due: the unattended run changed nothing on the edge.
     assert stats[0]["event_data"]["changed"] == {}
+    # AWX keeps every job event: no private key may be in them.
+    stored = "".join(p.read_text(errors="replace") for p in artifacts.rglob("*") if p.is_file())
+    for line in secrets_on_edge(edge_lab):
+        assert line not in stored, "a private key line is in the runner's artifacts"
 
 
 def test_status_playbook_writes_every_domain_with_its_next_renewal(edge_lab, first_run, tmp_path):

@@ -1,6 +1,8 @@
 """Testinfra checks of the converged edge: a real Debian 12 host with systemd as PID 1."""
 
 import json
+import posixpath
+import re
 import socket
 import ssl
 import urllib.request
@@ -106,3 +108,150 @@ def test_domains_the_customer_must_fix_are_unknown_with_the_fix(host, domain, re
     assert (recorded["ssl_status"], recorded["label"], recorded["reason"]) == ("unknown", "SSL Unknown", reason)
     assert recorded["remediation"] == remediation
     assert not host.file("%s/%s" % (LIVE, domain)).exists
+
+
+# ------------------------------------------------------------------ what the nginx workers can reach
+# Every check runs as the user nginx's workers run as (runuser), and every refusal must say
+# "Permission denied" about a path that exists (checked as root first), so none passes vacuously.
+
+RENEW_CONFIG = "/etc/linkcert/renew.json"
+CHALLENGE_CONF = "/etc/nginx/conf.d/linkcert-challenge.conf"
+PROBE = ".linkcert-worker-probe"
+
+
+@pytest.fixture(scope="module")
+def worker(host):
+    """The nginx workers' user: nginx's ``user`` directive (nginx -T), which the running workers must match."""
+    config = host.run("nginx -T")
+    assert config.rc == 0, config.stderr
+    found = re.search(r"^\s*user\s+([^\s;]+)", config.stdout, re.M)
+    assert found, "nginx's configuration sets no user"
+    user = found.group(1)
+    assert host.user(user).exists and host.user(user).uid != 0
+    return user
+
+
+@pytest.fixture(scope="module")
+def layout(host):
+    """The edge's roots as the renewal runner uses them, and every private key found under them (as root)."""
+    config = json.loads(host.file(RENEW_CONFIG).content_string)
+    roots = {name: config[name] for name in ("cert_root", "state_root", "webroot")}
+    # Any file holding a private key, whatever its name: certificate keys of every version, the account key.
+    found = host.run("grep -rlZ -e '-----BEGIN [A-Z ]*PRIVATE KEY-----' -- %s %s", roots["cert_root"], roots["state_root"])
+    assert found.rc == 0, found.stderr
+    keys = sorted(path for path in found.stdout.split("\0") if path)
+    nginx_keys = re.findall(r"^\s*ssl_certificate_key\s+([^\s;]+);", host.run("nginx -T").stdout, re.M)
+    return dict(roots, keys=keys, nginx_keys=nginx_keys, account_key=posixpath.join(roots["state_root"], "account.key"),
+                secrets=[RENEW_CONFIG])
+
+
+def as_worker(host, worker, command, *args):
+    return host.run("runuser -u %s -- " % worker + command, *args)
+
+
+def assert_denied(result, what):
+    assert result.rc != 0 and "Permission denied" in result.stderr, (what, result.rc, result.stdout, result.stderr)
+    assert "-----BEGIN" not in result.stdout, what
+
+
+def directories_under(host, root):
+    found = host.run("find %s -type d -print0", root)
+    assert found.rc == 0, found.stderr
+    return sorted(path for path in found.stdout.split("\0") if path)
+
+
+def test_nginx_workers_run_as_the_unprivileged_user_of_nginx_conf(host, worker):
+    uid = host.user(worker).uid
+    processes = host.run("ps -C nginx -o uid=,args=").stdout.splitlines()
+    workers = [line.split(None, 1) for line in processes if "worker process" in line]
+    masters = [line.split(None, 1) for line in processes if "master process" in line]
+    assert workers and all(int(entry[0]) == uid for entry in workers), processes
+    # Only the master reads the keys (as root, at start and on reload); it hands the workers nothing else.
+    assert masters and all(int(entry[0]) == 0 for entry in masters), processes
+    assert as_worker(host, worker, "id -un").stdout.strip() == worker, "runuser runs the checks as the worker"
+
+
+def test_every_private_key_is_0600_root_root_below_no_world_writable_directory(host, layout):
+    live_key = posixpath.join(layout["cert_root"], "links.example.com", "privkey.pem")
+    resolved = host.run("readlink -e %s", live_key).stdout.strip()
+    assert resolved in layout["keys"] and layout["account_key"] in layout["keys"], layout["keys"]
+    # nginx serves no key from anywhere else
+    assert layout["nginx_keys"] and all(host.run("readlink -e %s", key).stdout.strip() in layout["keys"]
+                                        for key in layout["nginx_keys"]), layout["nginx_keys"]
+    for key in layout["keys"] + [live_key]:
+        found = host.file(key)
+        assert found.exists and found.mode == 0o600 and (found.user, found.group) == ("root", "root"), key
+    for key in layout["keys"]:  # real paths: the live symlink's target directory is on them
+        path = posixpath.dirname(key)
+        while True:  # every directory from the key's up to /
+            directory = host.file(path)
+            assert directory.is_directory and not directory.mode & 0o002 and directory.user == "root", (key, path, oct(directory.mode))
+            if path == "/":
+                break
+            path = posixpath.dirname(path)
+
+
+def test_worker_cannot_read_a_private_key_or_a_secret(host, worker, layout):
+    live_key = posixpath.join(layout["cert_root"], "links.example.com", "privkey.pem")
+    for path in layout["keys"] + [live_key] + layout["secrets"]:
+        assert host.run("head -c 1 %s", path).rc == 0, "%s exists and root reads it" % path
+        assert_denied(as_worker(host, worker, "cat %s", path), path)
+
+
+def test_worker_cannot_list_a_key_directory_nor_the_state_root(host, worker, layout):
+    state_root = layout["state_root"]
+    # each key's directory, the live link nginx names it by, everything below .versions, and the state root's tree
+    directories = {posixpath.dirname(key) for key in layout["keys"]} | {posixpath.join(layout["cert_root"], "links.example.com")}
+    directories |= set(directories_under(host, posixpath.join(layout["cert_root"], ".versions")))
+    directories |= set(directories_under(host, state_root))
+    assert state_root in directories and layout["cert_root"] not in directories
+    for path in sorted(directories):
+        listed = host.run("ls -A %s", path)
+        assert listed.rc == 0 and listed.stdout.strip(), "%s exists and root lists something in it" % path
+        assert_denied(as_worker(host, worker, "ls -A %s", path), path)
+    # nor read a state file by its (guessable) name: they name the key paths
+    state_file = posixpath.join(state_root, "links.example.com.json")
+    assert host.file(state_file).is_file
+    assert_denied(as_worker(host, worker, "cat %s", state_file), state_file)
+
+
+def test_worker_cannot_write_under_the_cert_root_state_root_or_webroot(host, worker, layout):
+    for root in (layout["cert_root"], layout["state_root"], layout["webroot"]):
+        directories = directories_under(host, root)
+        assert root in directories
+        for path in [posixpath.dirname(root)] + directories:
+            probe = posixpath.join(path, PROBE)
+            assert_denied(as_worker(host, worker, "touch %s", probe), probe)
+            assert not host.file(probe).exists, probe
+        files = host.run("find %s ! -type d -print0", root).stdout.split("\0")
+        for path in (path for path in files if path):
+            assert_denied(as_worker(host, worker, "sh -c ': >> \"$1\"' append %s", path), path)
+    # the live links cannot be pointed elsewhere either
+    live = posixpath.join(layout["cert_root"], "links.example.com")
+    assert host.file(live).is_symlink
+    assert_denied(as_worker(host, worker, "mv -f %s %s", live, live + ".moved"), live)
+    assert host.file(live).is_symlink
+
+
+def test_worker_reads_exactly_what_the_challenge_location_serves(host, worker, layout, edge_addr):
+    served = host.file(CHALLENGE_CONF).content_string
+    if "try_files" not in served:
+        # Stateless answers (a fleet): nginx returns TOKEN.THUMBPRINT itself and reads no file.
+        assert 'return 200 "$linkcert_token.' in served
+        return
+    assert re.search(r"^\s*root\s+%s;" % re.escape(layout["webroot"]), served, re.M), served
+    tokens = posixpath.join(layout["webroot"], ".well-known", "acme-challenge")
+    token = posixpath.join(tokens, "tokenWorker_read-1")
+    # as the ACME module writes a token: root-owned, 0644, below root-owned 0755 directories
+    assert host.run("printf %%s tokenWorker_read-1.thumb > %s && chmod 0644 %s", token, token).rc == 0
+    try:
+        read = as_worker(host, worker, "cat %s", token)
+        assert read.rc == 0 and read.stdout == "tokenWorker_read-1.thumb", (read.rc, read.stderr)
+        request = urllib.request.Request("http://%s/.well-known/acme-challenge/tokenWorker_read-1" % edge_addr,
+                                         headers={"Host": "links.example.com"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.read() == b"tokenWorker_read-1.thumb"
+        assert_denied(as_worker(host, worker, "rm -f %s", token), token)
+        assert host.file(token).exists
+    finally:
+        host.run("rm -f %s", token)

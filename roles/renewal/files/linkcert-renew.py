@@ -5,10 +5,14 @@
 """linkcert's renewal runner, started by linkcert-renew.service (and its timer).
 
 Renews what is due with the collection's own code (the acme_http01_cert module's
-utilities, installed next to this file by the renewal role), reloads nginx only
-when a certificate changed and nginx accepts its configuration, and logs one line
-per domain to the journal.  Exit status: 0 when every certificate is valid (even if
-a renewal failed but the old certificate still works), 1 when one is not.
+utilities, installed next to this file by the renewal role), orders nothing while
+``nginx -t`` fails (a new certificate could not be loaded), reloads nginx only when a
+certificate changed and nginx accepts its configuration, and logs one line per domain
+to the journal.  A reload that could not be done is remembered (``STATE_ROOT/reload-pending``)
+and retried by every later run until it succeeds, so a renewed certificate is never
+left on disk unserved.  Exit status: 0 when every certificate is valid and served (even
+if a renewal failed but the old certificate still works), 1 when one is not valid,
+2 for a bad configuration, 3 when nginx still has to be reloaded.
 """
 
 from __future__ import annotations
@@ -25,17 +29,36 @@ sys.path.insert(0, LIB)
 
 # pylint: disable=wrong-import-position
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_run  # noqa: E402
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import atomic_write  # noqa: E402
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError  # noqa: E402
 
 
-def reload_nginx(command: t.Sequence[str], check_command: t.Sequence[str]) -> str:
-    check = subprocess.run(list(check_command), capture_output=True, text=True, check=False)
-    if check.returncode != 0:
-        return "nginx -t failed, nginx NOT reloaded (the running configuration keeps serving): %s" % check.stderr.strip()
-    done = subprocess.run(list(command), capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        return "reloading nginx failed: %s" % (done.stderr.strip() or done.stdout.strip())
-    return "nginx reloaded"
+PENDING = "reload-pending"
+
+
+def run_command(argv: t.Sequence[str]) -> t.Tuple[int, str, str]:
+    done = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+def reload_nginx(command: t.Sequence[str], check_command: t.Sequence[str]) -> t.Tuple[bool, str]:
+    rc, _out, err = run_command(check_command)
+    if rc != 0:
+        return False, "nginx -t failed, nginx NOT reloaded (the running configuration keeps serving): %s" % err.strip()
+    rc, out, err = run_command(command)
+    if rc != 0:
+        return False, "reloading nginx failed: %s" % (err.strip() or out.strip())
+    return True, "nginx reloaded"
+
+
+def remember_reload(state_root: str, message: t.Optional[str]) -> None:
+    """Write (message) or remove (None) the pending-reload marker, atomically."""
+    path = os.path.join(state_root, PENDING)
+    if message is None:
+        if os.path.exists(path):
+            os.unlink(path)
+        return
+    atomic_write(path, (message + "\n").encode("utf-8"), 0o600)
 
 
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
@@ -49,7 +72,9 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
         # Only certificates that are installed: first issuance belongs to onboarding, where DNS and CAA are checked.
         specs = [spec for spec in _acme_run.cert_specs(config.get("certificates", []))
                  if os.path.exists(os.path.join(config["cert_root"], spec.domain, "cert.pem"))]
-        runner = _acme_run.Runner(_acme_run.settings_from_options(config))
+        check_command = config.get("check_command") or ["nginx", "-t"]
+        settings = _acme_run.settings_from_options(dict(config, server_check=None if opts.no_reload else check_command))
+        runner = _acme_run.Runner(settings, run_command=run_command)
         results = runner.run(specs)
     except LinkcertError as exc:
         print("linkcert-renew: %s" % exc.msg, file=sys.stderr)
@@ -57,11 +82,22 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     for result in results:
         print("%s  %s  %s  %s" % (result["domain"], result["label"], result["action"], result["message"]))
     changed = [r["domain"] for r in results if r["changed"]]
-    if changed and not opts.no_reload:
-        print(reload_nginx(config.get("reload_command") or ["systemctl", "reload", "nginx"], config.get("check_command") or ["nginx", "-t"]))
+    pending = os.path.exists(os.path.join(config["state_root"], PENDING))
+    reloaded = True
+    if (changed or pending) and not opts.no_reload:
+        if pending and not changed:
+            print("an earlier run could not reload nginx: trying again")
+        reloaded, message = reload_nginx(config.get("reload_command") or ["systemctl", "reload", "nginx"], check_command)
+        print(message)
+        try:
+            remember_reload(config["state_root"], None if reloaded else message)
+        except (OSError, LinkcertError) as exc:
+            print("linkcert-renew: cannot record the pending reload in %s: %s" % (config["state_root"], exc), file=sys.stderr)
     print("linkcert-renew: %d certificate(s), %d renewed, %d failed, %d CA request(s)" % (
         len(results), len(changed), sum(1 for r in results if r["action"] == "failed"), runner.ca_requests))
-    return 0 if all(r["ssl_status"] == "issued" for r in results) else 1
+    if not all(r["ssl_status"] == "issued" for r in results):
+        return 1
+    return 0 if reloaded else 3
 
 
 if __name__ == "__main__":

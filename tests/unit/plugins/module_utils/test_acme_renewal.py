@@ -297,7 +297,11 @@ DECIDE = [
     ("expired-after", INFO, dict(now=NA + DAY, renew_before=5), True, "expired", None, None),
     ("expired-before-ari", INFO, dict(now=NA, ari_renew_at=NA + DAY), True, "expired", None, None),
     ("just-before-expiry-ari-later", INFO, dict(now=NA - US, ari_renew_at=NA + DAY), False, "not_due", NA + DAY, None),
-    ("not-yet-valid", INFO, dict(now=NB - US, ari_offered=True), False, "not_yet_valid", NB, None),
+    ("not-yet-valid", INFO, dict(now=NB - ren.CLOCK_SKEW_TOLERANCE - US, ari_offered=True), False, "not_yet_valid", NB, None),
+    # A host clock a little behind the CA's (notBefore within the tolerance ahead of it) is not a clock problem:
+    # the certificate is decided on as if valid, with its real renewal instant (not notBefore).
+    ("not-before-within-skew-tolerance", INFO, dict(now=NB - US, ari_offered=True), False, "not_due", NB + 60 * DAY, None),
+    ("not-before-at-skew-tolerance", INFO, dict(now=NB - ren.CLOCK_SKEW_TOLERANCE), False, "not_due", NB + 60 * DAY, None),
     ("not-yet-valid-ari-passed", INFO, dict(now=NB - HOUR, ari_renew_at=NB - DAY), False, "not_yet_valid", NB, None),
     ("valid-from-not-before", INFO, dict(now=NB), False, "not_due", NB + 60 * DAY, None),
     ("ari-at-instant", INFO, dict(now=ARI_AT, ari_renew_at=ARI_AT, ari_offered=True), True, "ari_window", ARI_AT, CID),
@@ -343,6 +347,29 @@ def test_decide_short_lived_certificate() -> None:
     decision = ren.decide(info, info.names, "ec256", NB + 3 * DAY, "auto")
     assert (decision.due, decision.reason, decision.renew_after) == (True, "lifetime_threshold", NB + 3 * DAY)
     assert "half" in decision.message
+
+
+def test_clock_skew_tolerance_is_minutes() -> None:
+    # Enough for a host some seconds or minutes behind a CA that does not backdate notBefore; not enough to hide
+    # a clock that is off by hours or days (the fault suite's clock cases run 30 s, 30 min and 2 days behind).
+    assert datetime.timedelta(minutes=1) <= ren.CLOCK_SKEW_TOLERANCE <= datetime.timedelta(minutes=10)
+
+
+@pytest.mark.parametrize("now, valid", [
+    (NB - ren.CLOCK_SKEW_TOLERANCE - US, False),
+    (NB - ren.CLOCK_SKEW_TOLERANCE, True),
+    (NB - 30 * datetime.timedelta(seconds=1), True),  # a host 30 s behind the CA that just issued the certificate
+    (NB, True),
+    (NA - US, True),
+    (NA, False),
+    (NB - DAY, False),
+])
+def test_valid_at(now: datetime.datetime, valid: bool) -> None:
+    assert ren.valid_at(INFO, now) is valid
+    assert ren.valid_at(INFO, now.replace(tzinfo=None)) is valid  # a naive time is UTC
+    # valid_at and decide draw the same line: a certificate valid at now is never "not yet valid".
+    if now < NA:
+        assert (ren.decide(INFO, NAMES, "ec256", now, "auto").reason == "not_yet_valid") is (not valid)
 
 
 def test_decide_messages() -> None:

@@ -13,6 +13,8 @@ import datetime
 import json
 from pathlib import Path
 
+import pytest
+
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,8 +22,8 @@ from cryptography.x509.oid import NameOID
 
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_renewal as renewal
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_client import AcmeProblem
-from ansible_collections.mailops.linkcert.plugins.module_utils._acme_run import CertSpec, Runner, Settings
-from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_run import CertSpec, Runner, Settings, cert_specs, settings_from_options
+from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError, LinkcertError
 
 DATA = Path(__file__).parent / "data" / "ari"
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -77,12 +79,13 @@ class ScriptedCA:
         return {"suggestedWindow": {"start": renewal.iso(start), "end": renewal.iso(end)}}, "21600"
 
 
-def make_runner(tmp_path, ca, check_mode=False, profile="tlsserver", force=False):
+def make_runner(tmp_path, ca, check_mode=False, profile="tlsserver", force=False, server_check=None, run_command=None):
     settings = Settings(directory_url="https://ca.example/dir", ca_bundle=None, account_key=str(tmp_path / "state" / "account.key"),
                         email=None, terms_agreed=True, eab=None, webroot=str(tmp_path / "webroot"), cert_root=str(tmp_path / "live"),
                         state_root=str(tmp_path / "state"), key_type="ec256", reuse_key=False, renew_before="auto", profile=profile,
-                        self_check=False, challenge_port=80, resolver=None, timeout=30.0, force=force, check_mode=check_mode)
-    runner = Runner(settings)
+                        self_check=False, challenge_port=80, resolver=None, timeout=30.0, force=force, check_mode=check_mode,
+                        server_check=server_check)
+    runner = Runner(settings, run_command=run_command)
     runner._client = ca
     runner._account_record = {"features": renewal.directory_features(json.loads((DATA / "directory_letsencrypt.json").read_text()))}
     return runner
@@ -165,3 +168,110 @@ def test_a_failed_install_is_that_certificates_failure_and_the_others_go_on(tmp_
     assert (tmp_path / "live" / "full.customer.example" / "cert.pem").read_bytes() == before
     state = json.loads((tmp_path / "state" / "full.customer.example.json").read_text())
     assert state["reason"] == "write_failed" and state["failures"][-1]["reason"] == "write_failed"
+
+
+class Commands:
+    """Records the commands run and answers with the given exit status."""
+
+    def __init__(self, rc, err=""):
+        self.rc, self.err, self.calls = rc, err, []
+
+    def __call__(self, argv):
+        self.calls.append(list(argv))
+        return self.rc, "", self.err
+
+
+NGINX_BROKEN = ('nginx: [emerg] unknown directive "bogus" in /etc/nginx/conf.d/x.conf:1\n'
+                "nginx: configuration file /etc/nginx/nginx.conf test failed\n")
+SPECS = [CertSpec("a.customer.example", ["a.customer.example"]), CertSpec("b.customer.example", ["b.customer.example"])]
+
+
+def test_server_check_fails_every_due_certificate_without_ordering(tmp_path):
+    ca = ScriptedCA()
+    commands = Commands(1, NGINX_BROKEN)
+    results = make_runner(tmp_path, ca, server_check=("nginx", "-t"), run_command=commands).run(SPECS)
+    assert [(r["action"], r["reason"], r["ssl_status"]) for r in results] == [("failed", "server_config_broken", "pending")] * 2
+    assert commands.calls == [["nginx", "-t"]], "the check runs once per run"
+    assert ca.orders == []
+    assert "nginx -t failed (exit 1), so nothing was ordered" in results[0]["message"]
+    assert "/etc/nginx/conf.d/x.conf:1" in results[0]["message"]
+    assert not (tmp_path / "live").exists()
+
+
+def test_server_check_runs_only_when_something_is_due_and_never_in_check_mode(tmp_path):
+    ca = ScriptedCA()
+    assert [r["action"] for r in make_runner(tmp_path, ca).run(SPECS)] == ["issued", "issued"]
+    commands = Commands(0)
+    quiet = make_runner(tmp_path, ca, server_check=("nginx", "-t"), run_command=commands).run(SPECS)
+    assert [r["action"] for r in quiet] == ["none", "none"] and commands.calls == []
+    forced = make_runner(tmp_path, ca, force=True, check_mode=True, server_check=("nginx", "-t"), run_command=commands).run(SPECS)
+    assert [r["action"] for r in forced] == ["renewed", "renewed"] and commands.calls == []
+    renewed = make_runner(tmp_path, ca, force=True, server_check=("nginx", "-t"), run_command=commands).run(SPECS)
+    assert [r["action"] for r in renewed] == ["renewed", "renewed"] and commands.calls == [["nginx", "-t"]]
+
+
+def test_server_check_that_cannot_start_is_a_failure_too(tmp_path):
+    def missing(argv):
+        raise FileNotFoundError(2, "No such file or directory", argv[0])
+
+    result = make_runner(tmp_path, ScriptedCA(), server_check=("nginx", "-t"), run_command=missing).process(SPECS[0])
+    assert (result["reason"], result["action"]) == ("server_config_broken", "failed")
+    assert "exit 127" in result["message"] and "No such file" in result["message"]
+
+
+@pytest.mark.parametrize("bad", ["nginx -t", [], ["nginx", ""], ["nginx", "-t\0"], [["nginx"]]])
+def test_a_bad_server_check_is_named_before_anything(tmp_path, bad):
+    options = {"acme_directory": "https://ca.example/dir", "webroot": str(tmp_path / "w"), "cert_root": str(tmp_path / "c"),
+               "state_root": str(tmp_path / "s"), "server_check": bad}
+    with pytest.raises(InputError, match="server_check must be a command as a non-empty list of arguments"):
+        settings_from_options(options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_server_check_needs_a_way_to_run_it(tmp_path):
+    options = {"acme_directory": "https://ca.example/dir", "webroot": str(tmp_path / "w"), "cert_root": str(tmp_path / "c"),
+               "state_root": str(tmp_path / "s"), "server_check": ["nginx", "-t"]}
+    with pytest.raises(InputError, match="server_check"):
+        Runner(settings_from_options(options))
+
+
+class FailingCA(ScriptedCA):
+    """Every order fails validation the same way, word for word."""
+
+    def new_order(self, names, deadline, replaces=None, profile=None):
+        self.orders.append({"names": list(names)})
+        raise LinkcertError("DNS problem: NXDOMAIN looking up A for %s" % names[0], item=names[0], reason="acme_dns")
+
+
+def test_identical_failures_are_all_recorded_and_the_guard_trips(tmp_path):
+    ca = FailingCA()
+    for attempt in range(1, 6):
+        result = make_runner(tmp_path, ca).process(SPEC)
+        assert (result["action"], result["reason"]) == ("failed", "acme_dns")
+        state = json.loads((tmp_path / "state" / "links.customer.example.json").read_text())
+        assert len(state["failures"]) == attempt, "a failure with the same message as the last one was not recorded"
+    held = make_runner(tmp_path, ca).process(SPEC)
+    assert (held["action"], held["reason"]) == ("none", "rate_limit_guard") and len(ca.orders) == 5
+
+
+def test_a_held_certificate_is_never_ordered_and_kept(tmp_path):
+    ca = ScriptedCA()
+    never = CertSpec("b.customer.example", ["b.customer.example"], {"reason": "dns_not_ready", "explanation": "CNAME is elsewhere"})
+    result = make_runner(tmp_path, ca, force=True).process(never)
+    assert (result["held"], result["serial"], result["action"]) == (True, None, "none") and ca.orders == []
+    assert not (tmp_path / "state").exists() and not (tmp_path / "live").exists(), "a held domain with nothing installed writes nothing"
+
+    issued = make_runner(tmp_path, ca).process(SPEC)
+    moved = SPEC._replace(hold={"reason": "dns_not_ready", "explanation": "CNAME is elsewhere", "remediation": "x. CNAME e."})
+    before = (tmp_path / "live" / SPEC.domain / "cert.pem").read_bytes()
+    result = make_runner(tmp_path, ca, force=True).process(moved)
+    assert (result["ssl_status"], result["reason"], result["remediation"]) == ("pending", "dns_drift", "x. CNAME e.")
+    assert result["serial"] == issued["serial"] and "is still served" in result["message"] and len(ca.orders) == 1
+    assert (tmp_path / "live" / SPEC.domain / "cert.pem").read_bytes() == before
+    assert json.loads((tmp_path / "state" / ("%s.json" % SPEC.domain)).read_text())["reason"] == "dns_drift"
+
+
+@pytest.mark.parametrize("hold", [{"reason": "x"}, {"explanation": "y"}, {"reason": "", "explanation": "y"}, "dns_not_ready"])
+def test_a_bad_hold_is_named(hold):
+    with pytest.raises(InputError, match=r"certificates\[1\]\.hold must be a dict with a reason and an explanation"):
+        cert_specs([{"domain": "a.customer.example", "hold": hold}])

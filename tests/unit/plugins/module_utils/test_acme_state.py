@@ -79,7 +79,53 @@ def test_root_created_on_first_write_only(tmp_path: Path) -> None:
     assert store.load(DOMAIN) == {} and not root.exists(), "reading (check mode) creates nothing"
     store.save(DOMAIN, {"x": 1})
     assert root.is_dir()
-    assert stat.S_IMODE(os.stat(root).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(root).st_mode) == 0o700, "state files name paths and accounts: root only"
+    assert stat.S_IMODE(os.stat(root.parent).st_mode) != 0o700, "only the root itself is made private"
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _take_lock(store: StateStore) -> None:
+    with store.lock(DOMAIN, 0):
+        pass
+
+
+@pytest.mark.parametrize("write", [
+    pytest.param(lambda store: store.save(DOMAIN, {"x": 1}), id="save"),
+    pytest.param(_take_lock, id="lock"),
+    pytest.param(lambda store: store.save_account("https://ca/dir", {"uri": "https://ca/acct/1"}), id="save_account"),
+])
+def test_a_looser_root_is_made_private_by_any_write(tmp_path: Path, write: t.Callable[[StateStore], t.Any]) -> None:
+    """A state root an earlier release created 0755 (or an admin opened up) is 0700 again after the next write."""
+    root = tmp_path / "state"
+    root.mkdir()
+    os.chmod(root, 0o755)
+    (root / "old.example.com.json").write_text("{}")
+    os.chmod(root / "old.example.com.json", 0o644)
+    write(StateStore(root))
+    assert mode_of(root) == 0o700
+
+
+def test_reading_leaves_the_root_mode_alone(tmp_path: Path) -> None:
+    """Check mode and status reads only read: the mode of an existing root is not touched."""
+    root = tmp_path / "state"
+    StateStore(root).save(DOMAIN, {"x": 1})
+    os.chmod(root, 0o755)
+    store = StateStore(root)
+    assert store.load(DOMAIN) == {"x": 1} and store.domains() == [DOMAIN] and store.load_account("https://ca/dir") is None
+    assert mode_of(root) == 0o755
+
+
+def test_state_files_account_records_and_locks_are_root_only(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    with store.lock(DOMAIN, 0):
+        store.save(DOMAIN, {"x": 1})
+    store.save_account("https://ca/dir", {"uri": "https://ca/acct/1"})
+    found = {str(path.relative_to(store.root)): mode_of(path) for path in sorted(store.root.rglob("*"))}
+    assert found == {".locks": 0o700, ".locks/%s.lock" % DOMAIN: 0o600, "accounts": 0o700,
+                     "accounts/%s" % os.listdir(store.root / "accounts")[0]: 0o600, "%s.json" % DOMAIN: 0o600}
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
@@ -88,7 +134,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     store.save(DOMAIN, {"issued": NOW, "names": [DOMAIN], "nested": {"at": NOW + HOUR}, "serial": "0a"})
     path = store.path(DOMAIN)
     assert path == tmp_path / ("%s.json" % DOMAIN)
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     text = path.read_text()
     assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
     loaded = store.load(DOMAIN)

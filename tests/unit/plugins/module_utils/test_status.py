@@ -72,14 +72,58 @@ def test_acme_result_takes_precedence():
     assert _status.table(entries)[1] == "a.c.com  SSL Issued   expires 2027-02-21"
 
 
-def test_acme_input_keeps_ready_and_allowed():
-    domains = [{"name": "A.c.com", "alt_names": ["www.a.c.com"]}, {"name": "b.c.com"}, {"name": "c.c.com"}]
-    ver = [verify("a.c.com"), verify("b.c.com"), verify("c.c.com", "mismatch")]
-    caa = [{"domain": "a.c.com", "allowed": True}, {"domain": "b.c.com", "allowed": False}]
-    assert _status.acme_input(domains, ver, caa) == [{"domain": "a.c.com", "alt_names": ["www.a.c.com"]}]
+def test_acme_input_orders_the_ready_and_holds_the_others():
+    domains = [{"name": "A.c.com", "alt_names": ["www.a.c.com"]}, {"name": "b.c.com"}, {"name": "c.c.com"}, {"name": "d.c.com"}]
+    ver = [verify("a.c.com"), verify("b.c.com"), verify("c.c.com", "mismatch"),
+           {"name": "d.c.com", "verified": True, "ssl_ready": False, "records": [{"check": "spf", "name": "d.c.com", "status": "verified"}]}]
+    caa = [{"domain": "a.c.com", "allowed": True},
+           {"domain": "b.c.com", "allowed": False, "reason": "issuer_not_listed", "message": "no", "remediation": "c.com. CAA 0 issue \"x\""}]
+    assert _status.acme_input(domains, ver, caa) == [
+        {"domain": "a.c.com", "alt_names": ["www.a.c.com"]},
+        {"domain": "b.c.com", "alt_names": [], "hold": {"reason": "caa_blocked", "explanation": "no", "remediation": "c.com. CAA 0 issue \"x\""}},
+        {"domain": "c.c.com", "alt_names": [], "hold": {"reason": "dns_not_ready", "explanation": "m-mismatch", "remediation": "x. CNAME e."}},
+    ]  # d.c.com is not served over HTTPS by us: not handed to the ACME module at all
+
+
+# hold reason, certificate valid → status, reason, message starts with
+HELD = [
+    ("dns_not_ready", True, "pending", "dns_drift", "DNS changed after the certificate was issued: "),
+    ("caa_blocked", True, "pending", "caa_drift", "CAA changed after the certificate was issued: "),
+    ("caa_dns_error", True, "issued", "caa_dns_error", "why"),
+    ("dns_error", True, "issued", "dns_error", "why"),
+    ("dns_error", False, "pending", "dns_error", "why"),
+    ("caa_blocked", False, "pending", "caa_drift", "CAA changed"),
+]
+
+
+@pytest.mark.parametrize("reason, valid, status, new_reason, starts", HELD, ids=["%s-%s" % (h[0], h[1]) for h in HELD])
+def test_held_certificates(reason, valid, status, new_reason, starts):
+    got = _status.held(reason, "why", valid)
+    assert got[:2] == (status, new_reason) and got[2].startswith(starts) and got[2].endswith("why")
+
+
+def test_statuses_of_held_certificates():
+    ver = [verify("a.c.com", "mismatch"), verify("b.c.com", "mismatch")]
+    acme = [
+        {"domain": "a.c.com", "held": True, "serial": None, "ssl_status": "pending", "reason": "dns_not_ready", "message": "m", "action": "none"},
+        {"domain": "b.c.com", "held": True, "serial": "0a", "ssl_status": "pending", "reason": "dns_drift", "message": "DNS changed",
+         "remediation": "x. CNAME e.", "action": "none", "not_after": "2027-02-21T00:00:00Z"},
+    ]
+    never, drifted = _status.statuses([{"name": "a.c.com"}, {"name": "b.c.com"}], ver, None, acme)
+    assert (never["ssl_status"], never["reason"], never["remediation"]) == ("unknown", "dns_not_ready", "x. CNAME e.")
+    assert (drifted["ssl_status"], drifted["reason"], drifted["serial"], drifted["held"]) == ("pending", "dns_drift", "0a", True)
+    assert _status.table([drifted])[1] == "b.c.com  SSL Pending  dns_drift: publish x. CNAME e."
+    issued = dict(drifted, ssl_status="issued", label="SSL Issued", reason="caa_dns_error", remediation=None)
+    assert _status.table([issued])[1] == "b.c.com  SSL Issued   expires 2027-02-21; renewal held (caa_dns_error)"
 
 
 def test_table_shows_the_next_renewal_of_an_issued_domain():
     entry = {"domain": "a.c.com", "ssl_status": "issued", "label": "SSL Issued", "not_after": "2027-02-21T00:00:00Z",
              "renew_after": "2027-01-22T08:00:00Z"}
     assert _status.table([entry])[1] == "a.c.com  SSL Issued   expires 2027-02-21, renews from 2027-01-22"
+
+
+def test_table_says_when_the_renewal_of_a_served_certificate_failed():
+    entry = {"domain": "a.c.com", "ssl_status": "issued", "label": "SSL Issued", "not_after": "2027-02-21T00:00:00Z",
+             "renew_after": None, "action": "failed", "reason": "server_config_broken"}
+    assert _status.table([entry])[1] == "a.c.com  SSL Issued   expires 2027-02-21; renewal failed (server_config_broken), still served"
