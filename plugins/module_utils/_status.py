@@ -13,6 +13,7 @@ domain's status is worded the same wherever it is shown.
 
 from __future__ import annotations
 
+import datetime
 import typing as t
 
 ISSUED = "issued"
@@ -149,6 +150,51 @@ def statuses(domains: t.Sequence[t.Any], verify_results: t.Optional[t.Sequence[t
                                       dns_verified=entry["dns_verified"], dns_issues=entry["dns_issues"]))
             entry.update({key: cert.get(key) for key in CERT_FIELDS})
         result.append(entry)
+    return result
+
+
+def _when(text: t.Any) -> t.Optional[datetime.datetime]:
+    if not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
+
+
+def expiry_alert(entry: t.Mapping[str, t.Any], now: t.Optional[datetime.datetime] = None) -> t.Optional[str]:
+    """The expiry guard: an alert when the installed certificate is in the last tenth of its lifetime (or expired).
+
+    Renewal is due at a third (half for short lifetimes) of the lifetime left, or inside the CA's ARI
+    window, so a certificate this close to its end is one that is not renewing. None otherwise.
+    """
+    not_before, not_after = _when(entry.get("not_before")), _when(entry.get("not_after"))
+    if not_before is None or not_after is None or not_after <= not_before:
+        return None
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    left = not_after - now
+    if left > (not_after - not_before) / 10:
+        return None
+    if left.total_seconds() <= 0:
+        return "the certificate expired at %s and was not renewed" % entry["not_after"]
+    hours = left.total_seconds() / 3600.0
+    span = "%d day(s)" % int(hours // 24) if hours >= 48 else "%d hour(s)" % max(1, int(hours)) if hours >= 1 else "%d minute(s)" % max(1, int(hours * 60))
+    return "the certificate expires in %s (%s), in the last tenth of its lifetime, and has not been renewed" % (span, entry["not_after"])
+
+
+def with_alerts(entries: t.Sequence[t.Mapping[str, t.Any]], now: t.Optional[datetime.datetime] = None) -> t.List[t.Dict[str, t.Any]]:
+    """The entries with ``alerts`` (a list of strings, the expiry guard's first), keeping alerts already there."""
+    result = []
+    for entry in entries:
+        item = dict(entry)
+        alerts = [a for a in (item.get("alerts") or []) if a]
+        expiring = expiry_alert(item, now)
+        if expiring and expiring not in alerts:
+            alerts.insert(0, expiring)
+        item["alerts"] = alerts
+        item["expiring"] = bool(expiring)
+        result.append(item)
     return result
 
 
