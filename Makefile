@@ -36,8 +36,10 @@ lab-status:
 
 demo: lab-start
 	$(PY311)/ansible-playbook -i inventories/lab playbooks/onboard_domain.yml
-	$(PY311)/ansible-playbook -i inventories/lab playbooks/status.yml -e linkcert_status_file=$(LINKCERT_LAB_DIR)/status.json
+	$(PY311)/ansible-playbook -i inventories/lab playbooks/status.yml -e linkcert_status_file=$(LINKCERT_LAB_DIR)/status.json \
+	  -e linkcert_status_page=$(LINKCERT_LAB_DIR)/status.html
 	@echo
+	@echo "Status page (every domain, its state and the record to fix): file://$(LINKCERT_LAB_DIR)/status.html"
 	@echo "The lab keeps running (make lab-stop ends it). Try, with PATH=$(PY311):\$$PATH:"
 	@echo "  ansible-playbook -i inventories/lab playbooks/onboard_domain.yml -e domain=links.example.net"
 	@echo "  ansible-playbook -i inventories/lab playbooks/status.yml"

@@ -8,7 +8,7 @@ ROOT=$PWD
 STAMPS=.venv/stamps
 mkdir -p "$STAMPS"
 
-APT_PACKAGES=(pebble nginx python3-venv python3-dev gcc debootstrap systemd-container iproute2 openssl ca-certificates curl shellcheck openssh-client time faketime)
+APT_PACKAGES=(pebble nginx python3-venv python3-dev gcc debootstrap systemd-container iproute2 openssl ca-certificates curl shellcheck openssh-client time faketime chromium chromium-driver)
 
 need_apt=0
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -36,8 +36,15 @@ def acme_input(domains, verify_results, caa_results=None):
     return _status.acme_input(domains, verify_results, caa_results)
 
 
+def status_report(records, node, verify_results=None, caa_results=None, served_results=None):
+    if not isinstance(records, list) or not all(isinstance(r, dict) and r.get("domain") for r in records):
+        raise AnsibleFilterError("status_report expects domain_status's domains (a list of dicts with a domain)")
+    return _status.report_rows(records, str(node), verify_results, caa_results, served_results)
+
+
 class FilterModule:
     """linkcert status filters."""
 
     def filters(self):
-        return {"ssl_status": ssl_status, "status_table": status_table, "verify_input": verify_input, "acme_input": acme_input}
+        return {"ssl_status": ssl_status, "status_table": status_table, "verify_input": verify_input, "acme_input": acme_input,
+                "status_report": status_report}

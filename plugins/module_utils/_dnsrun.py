@@ -18,7 +18,7 @@ import re
 import threading
 import typing as t
 
-from ansible_collections.mailops.linkcert.plugins.module_utils import _caa, _names, _resolver, _verify
+from ansible_collections.mailops.linkcert.plugins.module_utils import _caa, _names, _resolver, _status, _verify
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError
 from ansible_collections.mailops.linkcert.plugins.module_utils._pool import map_bounded
 from ansible_collections.mailops.linkcert.plugins.module_utils._resolver import (
@@ -63,6 +63,29 @@ def caa_policy(ca_identities: t.Sequence[str], validation_method: str, account_u
 
 def run_caa(domains: t.Sequence[str], policy: _caa.Policy, resolver: RecursiveView, workers: int) -> t.List[t.Dict[str, t.Any]]:
     return map_bounded(lambda domain: _caa.check_domain(domain, resolver.lookup, policy), domains, workers)
+
+
+def recheck(certificates: t.Sequence[t.Mapping[str, t.Any]], edge_cname: str, policy: _caa.Policy, resolver: RecursiveView,
+            workers: int) -> t.List[t.Dict[str, t.Any]]:
+    """Routing and CAA of issued certificates, asked again (the renewal runner's drift check).
+
+    ``certificates`` are ``{domain, alt_names, cname}`` (``cname`` defaults to ``edge_cname``). Returns them
+    as ``_status.acme_input`` does: a domain that no longer routes to the edge, whose CAA now forbids the
+    CA, or whose lookups fail carries a ``hold``, so nothing is ordered for it and its certificate is kept.
+    Only the tracking name's A/AAAA (and CNAME chain) and the CAA climb are asked: two or three queries
+    per domain, with the parents and the edge's own name answered once from the shared cache.
+    """
+    def one(entry: t.Mapping[str, t.Any]) -> t.Tuple[t.Dict[str, t.Any], t.Optional[t.Dict[str, t.Any]]]:
+        name = entry["domain"]
+        target = _names.normalize_domain(entry.get("cname") or edge_cname, what="%s cname" % name)
+        record = _verify.check_tracking(resolver, name, target)
+        ready = record["status"] == _verify.VERIFIED
+        verify = {"name": name, "kind": "tracking", "verified": ready, "ssl_ready": ready, "records": [record], "message": record["message"]}
+        return verify, (_caa.check_domain(name, resolver.lookup, policy) if ready else None)
+
+    found = map_bounded(one, certificates, workers)
+    return _status.acme_input(list(certificates), [verify for verify, _caa_result in found],
+                              [caa for _verify_result, caa in found if caa is not None])
 
 
 class AuthOptions(t.NamedTuple):

@@ -13,6 +13,7 @@ domain's status is worded the same wherever it is shown.
 
 from __future__ import annotations
 
+import datetime
 import typing as t
 
 ISSUED = "issued"
@@ -149,7 +150,97 @@ def statuses(domains: t.Sequence[t.Any], verify_results: t.Optional[t.Sequence[t
                                       dns_verified=entry["dns_verified"], dns_issues=entry["dns_issues"]))
             entry.update({key: cert.get(key) for key in CERT_FIELDS})
         result.append(entry)
+    return with_alerts(result)
+
+
+def _when(text: t.Any) -> t.Optional[datetime.datetime]:
+    if not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
+
+
+def expiry_alert(entry: t.Mapping[str, t.Any], now: t.Optional[datetime.datetime] = None) -> t.Optional[str]:
+    """The expiry guard: an alert when the installed certificate is in the last tenth of its lifetime (or expired).
+
+    Renewal is due at a third (half for short lifetimes) of the lifetime left, or inside the CA's ARI
+    window, so a certificate this close to its end is one that is not renewing. None otherwise.
+    """
+    not_before, not_after = _when(entry.get("not_before")), _when(entry.get("not_after"))
+    if not_before is None or not_after is None or not_after <= not_before:
+        return None
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    left = not_after - now
+    if left > (not_after - not_before) / 10:
+        return None
+    if left.total_seconds() <= 0:
+        return "the certificate expired at %s and was not renewed" % entry["not_after"]
+    hours = left.total_seconds() / 3600.0
+    span = "%d day(s)" % int(hours // 24) if hours >= 48 else "%d hour(s)" % max(1, int(hours)) if hours >= 1 else "%d minute(s)" % max(1, int(hours * 60))
+    return "the certificate expires in %s (%s), in the last tenth of its lifetime, and has not been renewed" % (span, entry["not_after"])
+
+
+def with_alerts(entries: t.Sequence[t.Mapping[str, t.Any]], now: t.Optional[datetime.datetime] = None) -> t.List[t.Dict[str, t.Any]]:
+    """The entries with ``alerts`` (a list of strings, the expiry guard's first), keeping alerts already there."""
+    result = []
+    for entry in entries:
+        item = dict(entry)
+        alerts = [a for a in (item.get("alerts") or []) if a]
+        expiring = expiry_alert(item, now)
+        if expiring and expiring not in alerts:
+            alerts.insert(0, expiring)
+        item["alerts"] = alerts
+        item["expiring"] = bool(expiring)
+        result.append(item)
     return result
+
+
+SERVED_BROKEN = ("served_wrong_certificate", "served_expired", "not_served")
+
+
+def report_rows(records: t.Sequence[t.Mapping[str, t.Any]], node: str, verify_results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]] = None,
+                caa_results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]] = None,
+                served_results: t.Optional[t.Sequence[t.Mapping[str, t.Any]]] = None,
+                now: t.Optional[datetime.datetime] = None) -> t.List[t.Dict[str, t.Any]]:
+    """status.yml's rows for one edge: each recorded domain, checked again against DNS, CAA and what is served.
+
+    ``records`` are the state files (``domain_status``). A domain with a certificate whose DNS or CAA has
+    changed since is reported as the renewal run would hold it (``dns_drift`` / ``caa_drift``, or a lookup
+    error); one whose edge serves another certificate than the one on disk gets the served check's reason
+    (``served_mismatch`` and the others), SSL Pending when clients get no valid certificate for the name.
+    Every row gets ``node`` and ``alerts`` (expiry guard first).
+    """
+    moment = now or datetime.datetime.now(datetime.timezone.utc)
+    by_name, by_caa, by_served = _index(verify_results, "name"), _index(caa_results, "domain"), _index(served_results, "domain")
+    rows = []
+    for record in records:
+        row = dict(record, node=node)
+        name = str(row.get("domain"))
+        alerts: t.List[str] = []
+        verify = by_name.get(name)
+        if row.get("serial") and verify is not None:
+            found = domain_status(name, verify, by_caa.get(name))
+            if found["ssl_status"] != PENDING:
+                not_before, not_after = _when(row.get("not_before")), _when(row.get("not_after"))
+                valid = bool(not_before and not_after and not_before - datetime.timedelta(minutes=5) <= moment < not_after)
+                status, reason, message = held(found["reason"], found["message"], valid)
+                row.update(status_entry(name, status, reason, message, found["remediation"]))
+                alerts.append("%s: %s" % (reason, message))
+        served = by_served.get(name)
+        if served is not None and served.get("reason") != "served_ok":
+            row.update(served_reason=served["reason"], served_serial=served.get("served_serial"))
+            broken = served["reason"] in SERVED_BROKEN
+            row.update(status_entry(name, PENDING if broken else row.get("ssl_status", UNKNOWN), served["reason"], served["message"],
+                                    served.get("remediation")))
+            alerts.append("%s: %s" % (served["reason"], served["message"]))
+        elif served is not None:
+            row["served_serial"] = served.get("served_serial")
+        row["alerts"] = alerts
+        rows.extend(with_alerts([row], moment))
+    return rows
 
 
 def table(entries: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
@@ -177,5 +268,8 @@ def table(entries: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
                 detail += ": %s" % entry["message"]
             elif entry.get("dns_issues"):
                 detail += " (%d other DNS record(s) to fix)" % len(entry["dns_issues"])
-        lines.append("%s  %-11s  %s" % (str(entry["domain"]).ljust(width), entry.get("label", ""), detail))
+        if entry.get("expiring"):
+            detail += "  ALERT: %s" % expiry_alert(entry)
+        node = ("  [%s]" % entry["node"]) if entry.get("node") else ""
+        lines.append("%s  %-11s  %s%s" % (str(entry["domain"]).ljust(width), entry.get("label", ""), detail, node))
     return lines

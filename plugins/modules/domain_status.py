@@ -17,6 +17,12 @@ description:
   - Other fields of the file are kept. A file is rewritten (atomically, under the domain's lock) only when a field changes.
   - Without O(statuses), only reads. Either way it returns every domain's state found in O(state_root), so a play can
     serve every certificate on record, including those of domains this run did not touch.
+  - With O(metrics_dir), it also writes Prometheus metrics for node_exporter's textfile collector there, outside check mode, namely
+    C(linkcert-domains.prom) (for every domain on record, its certificate's expiry, last success and attempt, status, consecutive
+    failures, expiry alert) and C(linkcert-run-JOB.prom) (this run of O(metrics_job), its duration, success, certificates by action),
+    each replaced atomically, mode C(0644), the directory created C(0755) when missing.
+  - The metrics files are bookkeeping, rewritten on every run; writing them never makes the task changed. A metrics file that
+    cannot be written is a warning, not a failure.
 author:
   - linkcert maintainers (@mailops)
 extends_documentation_fragment:
@@ -32,6 +38,27 @@ options:
       - When omitted, the module only reads.
     type: list
     elements: dict
+  metrics_dir:
+    description:
+      - The directory node_exporter's textfile collector reads (C(--collector.textfile.directory)); the metrics are written
+        there. Empty or omitted writes no metrics.
+    type: path
+  metrics_job:
+    description:
+      - The run's job, the C(job) label of the run metrics and the name of their file C(linkcert-run-JOB.prom).
+      - The renewal timer writes C(linkcert-run-timer.prom) itself.
+    type: str
+    choices: [onboard, renew]
+    default: onboard
+  metrics_node:
+    description: The C(node) label of every series (the edge host's name, for example C(inventory_hostname)); the host name when omitted.
+    type: str
+  run_duration:
+    description:
+      - How long the run has taken so far, in seconds (C(linkcert_run_duration_seconds)). Measured on the controller, from a
+        timestamp taken when the run started to this task, so a host clock that is off does not distort it.
+      - When omitted, the run's duration is left out of the metrics.
+    type: float
 """
 
 EXAMPLES = r"""
@@ -39,6 +66,15 @@ EXAMPLES = r"""
   mailops.linkcert.domain_status:
     state_root: /var/lib/linkcert/state
     statuses: "{{ linkcert_domains | mailops.linkcert.ssl_status(dns.results, caa.results, certs.results) }}"
+
+- name: Record every domain's status, and write the metrics for node_exporter
+  mailops.linkcert.domain_status:
+    state_root: /var/lib/linkcert/state
+    statuses: "{{ linkcert_domains | mailops.linkcert.ssl_status(dns.results, caa.results, certs.results) }}"
+    metrics_dir: /var/lib/prometheus/node-exporter
+    metrics_job: onboard
+    metrics_node: "{{ inventory_hostname }}"
+    run_duration: "{{ now().timestamp() - run_started | float }}"
 
 - name: Read every domain's status on this host
   mailops.linkcert.domain_status:
@@ -53,14 +89,27 @@ updated:
   type: list
   elements: str
 domains:
-  description: Every domain's state (the content of its state file, without the failure history), sorted by domain.
+  description:
+    - Every domain's state (the content of its state file, without the failure history), sorted by domain.
+    - The failure history is summed up as C(failed_recently) (failures on record) and C(consecutive_failures) (failures since
+      the last success).
   returned: always
   type: list
   elements: dict
+metrics_files:
+  description: The metrics files written (none in check mode, without O(metrics_dir), or when they could not be written).
+  returned: always
+  type: list
+  elements: str
+  sample: [/var/lib/prometheus/node-exporter/linkcert-domains.prom, /var/lib/prometheus/node-exporter/linkcert-run-onboard.prom]
 """
+
+import socket
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.mailops.linkcert.plugins.module_utils import _metrics
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_state import StateStore
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError, LinkcertError
 from ansible_collections.mailops.linkcert.plugins.module_utils._names import normalize_domain
@@ -79,42 +128,60 @@ def _entries(statuses):
     return entries
 
 
-def _read_all(state_root):
-    store = StateStore(state_root)
-    found = []
-    for domain in store.domains():
-        state = store.load(domain)
-        if state:
-            state["failed_recently"] = len(state.pop("failures", None) or [])
-            state.pop("ari", None)
-            found.append(state)
-    return found
+def _write_metrics(module, records):
+    """Write the metrics files (bookkeeping: never a change, a failure only warns); their paths."""
+    params = module.params
+    if not params["metrics_dir"] or module.check_mode:
+        return []
+    statuses = params["statuses"] or []
+    # This run's actions (acme_http01_cert's, carried by the ssl_status filter); a domain it did not handle did nothing.
+    actions = [entry.get("action") if entry.get("action") in _metrics.ACTIONS else "none" for entry in statuses]
+    finished = time.time()
+    duration = params["run_duration"]
+    run = {"job": params["metrics_job"], "node": params["metrics_node"] or socket.gethostname(),
+           "started": finished - max(0.0, duration) if duration is not None else None, "finished": finished,
+           "outcome": "failure" if "failed" in actions else "success",
+           "counts": {action: actions.count(action) for action in _metrics.ACTIONS}}
+    try:
+        return _metrics.write_files(params["metrics_dir"], records, run)
+    except LinkcertError as exc:
+        module.warn("The metrics for node_exporter were not written: %s" % exc.msg)
+        return []
 
 
 def main():
     module = AnsibleModule(
-        argument_spec={"state_root": {"type": "path", "required": True}, "statuses": {"type": "list", "elements": "dict"}},
+        argument_spec={
+            "state_root": {"type": "path", "required": True},
+            "statuses": {"type": "list", "elements": "dict"},
+            "metrics_dir": {"type": "path"},
+            "metrics_job": {"type": "str", "choices": ["onboard", "renew"], "default": "onboard"},
+            "metrics_node": {"type": "str"},
+            "run_duration": {"type": "float"},
+        },
         supports_check_mode=True,
     )
     updated = []
-    if module.params["statuses"] is None:
-        module.exit_json(changed=False, updated=[], domains=_read_all(module.params["state_root"]))
     try:
-        entries = _entries(module.params["statuses"])
-        store = StateStore(module.params["state_root"])
-        for domain, fields in entries:
-            current = store.load(domain)
-            wanted = dict(current, domain=domain, **fields)
-            if wanted == current:
-                continue
-            updated.append(domain)
-            if not module.check_mode:
-                with store.lock(domain, timeout=30.0):
-                    latest = store.load(domain)
-                    store.save(domain, dict(latest, domain=domain, **fields))
+        if module.params["statuses"] is not None:
+            entries = _entries(module.params["statuses"])
+            store = StateStore(module.params["state_root"])
+            for domain, fields in entries:
+                current = store.load(domain)
+                wanted = dict(current, domain=domain, **fields)
+                if wanted == current:
+                    continue
+                updated.append(domain)
+                if not module.check_mode:
+                    with store.lock(domain, timeout=30.0):
+                        latest = store.load(domain)
+                        store.save(domain, dict(latest, domain=domain, **fields))
+        records = _metrics.read_records(module.params["state_root"])
     except LinkcertError as exc:
         exc.fail(module)
-    module.exit_json(changed=bool(updated), updated=updated, domains=_read_all(module.params["state_root"]))
+    metrics_files = _write_metrics(module, records)
+    # The metrics files are bookkeeping: only the state files count as a change.
+    module.exit_json(changed=bool(updated), updated=updated, domains=records, metrics_files=metrics_files)
 
 
 if __name__ == "__main__":

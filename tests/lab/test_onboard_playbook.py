@@ -18,6 +18,8 @@ from typing import Any, Dict, Iterator, List
 import labctl
 import pytest
 from labtools import BIN, REPO, ansible_env, run_playbook
+import test_status_page_browser
+from test_status_page_browser import artifacts_dir, counter, visible_keys
 
 pytestmark = [pytest.mark.lab, pytest.mark.integration, pytest.mark.testhost]
 
@@ -178,6 +180,15 @@ def test_nginx_rejecting_new_files_gets_the_previous_ones_back_and_keeps_serving
     assert served(edge_lab, pebble_root, GOOD[0])["serialNumber"] == serial
 
 
+# Not shorter than the demo's 90-day lifetime: every run renews.
+DUE = {"certificate_renew_before": 90}
+
+
+def orders_so_far(edge_lab: Dict[str, Any]) -> int:
+    """New-order requests Pebble has logged."""
+    return (Path(edge_lab["env"]["LINKCERT_LAB_DIR"]) / "log" / "pebble.log").read_text().count("/order-plz")
+
+
 def nginx_workers(edge_lab: Dict[str, Any]) -> str:
     """nginx's master pid and its workers' pids: a reload replaces the workers."""
     return on_edge(edge_lab, "m=$(systemctl show -p MainPID --value nginx); echo $m; cat /proc/$m/task/*/children")
@@ -190,13 +201,11 @@ def test_a_broken_nginx_config_on_the_edge_orders_nothing_and_keeps_serving(edge
     pairs = "sha256sum /etc/linkcert/live/*/privkey.pem /etc/linkcert/live/*/fullchain.pem"
     before, workers = on_edge(edge_lab, pairs), nginx_workers(edge_lab)
     serials = {name: served(edge_lab, pebble_root, name)["serialNumber"] for name in GOOD}
-    pebble_log = Path(edge_lab["env"]["LINKCERT_LAB_DIR"]) / "log" / "pebble.log"
-    orders = pebble_log.read_text().count("/order-plz")
-    due = {"certificate_renew_before": 90}  # not shorter than the demo's 90-day lifetime: every run renews
+    orders = orders_so_far(edge_lab)
 
     on_edge(edge_lab, "printf 'linkcert_no_such_directive on;\\n' > %s" % broken)
     try:
-        run = run_playbook(PLAYBOOK, INVENTORY, extra_vars=due, env=edge_lab["env"])
+        run = run_playbook(PLAYBOOK, INVENTORY, extra_vars=DUE, env=edge_lab["env"])
         said = " ".join(run.stdout.split())
         assert run.rc != 0 and run.total("failed") == 1, run.stdout
         assert "cannot load its configuration, so nothing was ordered for links.example.com, em.example.com" in said, run.stdout
@@ -207,15 +216,15 @@ def test_a_broken_nginx_config_on_the_edge_orders_nothing_and_keeps_serving(edge
             state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
             assert state["reason"] == "server_config_broken" and state["ssl_status"] == "issued"
             assert served(edge_lab, pebble_root, name)["serialNumber"] == serials[name]
-        assert pebble_log.read_text().count("/order-plz") == orders, "a certificate nginx could not load was ordered"
+        assert orders_so_far(edge_lab) == orders, "a certificate nginx could not load was ordered"
         assert on_edge(edge_lab, pairs) == before and nginx_workers(edge_lab) == workers, "files changed or nginx was reloaded"
         assert on_edge(edge_lab, "systemctl is-active nginx").strip() == "active"
     finally:
         on_edge(edge_lab, "rm -f %s" % broken)
 
-    fixed = run_playbook(PLAYBOOK, INVENTORY, extra_vars=due, env=edge_lab["env"])
+    fixed = run_playbook(PLAYBOOK, INVENTORY, extra_vars=DUE, env=edge_lab["env"])
     assert fixed.rc == 0, fixed.stdout
-    assert pebble_log.read_text().count("/order-plz") == orders + len(GOOD)
+    assert orders_so_far(edge_lab) == orders + len(GOOD)
     for name in GOOD:
         state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
         now_served = served(edge_lab, pebble_root, name)["serialNumber"]
@@ -229,13 +238,11 @@ def test_dns_drift_and_a_failing_caa_parent_hold_renewal_and_keep_serving(edge_l
     lab = labctl.Lab.from_env(edge_lab)
     moved, caa_failing = GOOD
     serials = {name: served(edge_lab, pebble_root, name)["serialNumber"] for name in GOOD}
-    pebble_log = Path(edge_lab["env"]["LINKCERT_LAB_DIR"]) / "log" / "pebble.log"
-    orders = pebble_log.read_text().count("/order-plz")
-    due = {"certificate_renew_before": 90}
+    orders = orders_so_far(edge_lab)
     lab.dns_set("cname", moved, "elsewhere.example.org")
     lab.dns_set("servfail", "example.com", True)
     try:
-        run = run_playbook(PLAYBOOK, INVENTORY, extra_vars=due, env=edge_lab["env"])
+        run = run_playbook(PLAYBOOK, INVENTORY, extra_vars=DUE, env=edge_lab["env"])
     finally:
         lab.dns_set("cname", moved, "edge.linkcert.example")
         lab.dns_set("servfail", "example.com", False)
@@ -243,7 +250,7 @@ def test_dns_drift_and_a_failing_caa_parent_hold_renewal_and_keep_serving(edge_l
     rows = {line.split()[0]: line for line in table(run.stdout)}
     assert re.search(r"SSL Pending\s+dns_drift: publish links\.example\.com\. CNAME edge\.linkcert\.example\.", rows[moved]), rows[moved]
     assert re.search(r"SSL Issued\s+expires \S+; renewal held \(caa_dns_error\)", rows[caa_failing]), rows[caa_failing]
-    assert pebble_log.read_text().count("/order-plz") == orders, "an order went out for a held domain"
+    assert orders_so_far(edge_lab) == orders, "an order went out for a held domain"
     for name, reason, status in ((moved, "dns_drift", "pending"), (caa_failing, "caa_dns_error", "issued")):
         state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
         assert (state["reason"], state["ssl_status"]) == (reason, status), state
@@ -251,13 +258,95 @@ def test_dns_drift_and_a_failing_caa_parent_hold_renewal_and_keep_serving(edge_l
         assert served(edge_lab, pebble_root, name)["serialNumber"] == serials[name], "%s is no longer served" % name
     assert "SERVFAIL" in json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % caa_failing))["message"]
 
-    again = run_playbook(PLAYBOOK, INVENTORY, extra_vars=due, env=edge_lab["env"])
+    again = run_playbook(PLAYBOOK, INVENTORY, extra_vars=DUE, env=edge_lab["env"])
     assert again.rc == 0, again.stdout
-    assert pebble_log.read_text().count("/order-plz") == orders + len(GOOD)
+    assert orders_so_far(edge_lab) == orders + len(GOOD)
     for name in GOOD:
         state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
         assert (state["action"], state["ssl_status"]) == ("renewed", "issued"), state
         assert int(served(edge_lab, pebble_root, name)["serialNumber"], 16) == int(state["serial"], 16) != int(serials[name], 16)
+
+
+def test_renewal_run_holds_drift_and_status_shows_it_until_dns_is_right(edge_lab, first_run, pebble_root, tmp_path):
+    """renew.yml (as AWX runs it) when the customer moved links.example.com's CNAME away and published a CAA for
+    em.example.com that forbids our CA: nothing is ordered for them, both are SSL Pending with the record to fix and
+    keep serving their certificates; status.yml and its page say so; with DNS right again the next run renews."""
+    lab = labctl.Lab.from_env(edge_lab)
+    moved, forbidden = GOOD
+    serials = {name: served(edge_lab, pebble_root, name)["serialNumber"] for name in GOOD}
+    orders = orders_so_far(edge_lab)
+    lab.dns_set("cname", moved, "elsewhere.example.org")
+    lab.dns_set("caa", forbidden, "issue sectigo.com")
+    try:
+        renew = run_playbook("playbooks/renew.yml", INVENTORY, extra_vars=DUE, env=edge_lab["env"])
+        assert renew.rc == 0, renew.stdout
+        assert orders_so_far(edge_lab) == orders, "an order went out for a drifted domain"
+        for name, reason in ((moved, "dns_drift"), (forbidden, "caa_drift")):
+            state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
+            assert (state["ssl_status"], state["reason"]) == ("pending", reason), state
+            assert served(edge_lab, pebble_root, name)["serialNumber"] == serials[name], "%s is no longer served" % name
+        run, rows, page = run_status(edge_lab, tmp_path)
+        assert run.rc == 0, run.stdout
+        assert (rows[moved]["reason"], rows[moved]["remediation"]) == ("dns_drift", "links.example.com. CNAME edge.linkcert.example.")
+        assert rows[forbidden]["reason"] == "caa_drift" and 'CAA 0 issue "letsencrypt.org"' in rows[forbidden]["remediation"]
+        assert all(rows[name]["label"] == "SSL Pending" and rows[name]["alerts"] for name in GOOD)
+        assert "dns_drift" in page and "caa_drift" in page
+        failing, _rows, _page = run_status(edge_lab, tmp_path, linkcert_fail_on="alert")
+        said = " ".join(failing.stdout.split())
+        assert failing.rc != 0 and re.search(r"2 domain\(s\) with alerts: (links|em)\.example\.com, (em|links)\.example\.com", said), \
+            said[said.find("Fail on alerts"):][:600]
+    finally:
+        lab.dns_set("cname", moved, "edge.linkcert.example")
+        lab.dns_clear("caa", forbidden)
+
+    healed = run_playbook("playbooks/renew.yml", INVENTORY, extra_vars=DUE, env=edge_lab["env"])
+    assert healed.rc == 0, healed.stdout
+    assert orders_so_far(edge_lab) == orders + len(GOOD)
+    for name in GOOD:
+        state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
+        assert (state["action"], state["ssl_status"]) == ("renewed", "issued")
+        assert int(served(edge_lab, pebble_root, name)["serialNumber"], 16) == int(state["serial"], 16) != int(serials[name], 16)
+
+
+def test_status_reports_a_certificate_renewed_on_disk_but_not_served(edge_lab, first_run, pebble_root, tmp_path):
+    """The renewal runner renews on disk with --no-reload (as if the reload had been forgotten): status.yml connects with
+    SNI, sees the old serial served and says served_mismatch with the fix; after a reload it is served_ok again."""
+    old = {name: served(edge_lab, pebble_root, name)["serialNumber"] for name in GOOD}
+    on_edge(edge_lab, "python3 -c 'import json; c = json.load(open(\"/etc/linkcert/renew.json\")); c[\"force\"] = True; "
+                      "json.dump(c, open(\"/root/renew-forced.json\", \"w\"))'")
+    on_edge(edge_lab, "python3 /usr/local/lib/linkcert/linkcert-renew.pyz --config /root/renew-forced.json --no-reload; rm /root/renew-forced.json")
+    run, rows, page = run_status(edge_lab, tmp_path)
+    assert run.rc == 0, run.stdout
+    for name in GOOD:
+        row = rows[name]
+        assert (row["reason"], row["label"]) == ("served_mismatch", "SSL Issued"), row
+        assert int(row["served_serial"], 16) == int(old[name], 16) != int(row["serial"], 16)
+        assert "nginx has not been reloaded" in row["message"] and "systemctl reload nginx" in row["remediation"]
+    assert "served_mismatch" in page
+    on_edge(edge_lab, "nginx -t && systemctl reload nginx")
+    run, rows, _page = run_status(edge_lab, tmp_path)
+    assert run.rc == 0
+    for name in GOOD:
+        assert rows[name]["alerts"] == [] and int(rows[name]["served_serial"], 16) == int(rows[name]["serial"], 16)
+
+
+def test_metrics_for_node_exporter_are_on_the_edge(edge_lab, first_run):
+    """The onboarding run wrote node_exporter textfile metrics; Prometheus' own parser reads them back."""
+    parser = pytest.importorskip("prometheus_client.parser")
+    text = on_edge(edge_lab, "cat /var/lib/prometheus/node-exporter/linkcert-domains.prom")
+    families = {family.name: family for family in parser.text_string_to_metric_families(text)}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    for name in GOOD:
+        state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
+        labels = (("domain", name), ("node", "lab-edge"))
+        expiry = datetime.datetime.fromisoformat(state["not_after"].replace("Z", "+00:00")).timestamp()
+        assert samples[("linkcert_certificate_expiry_timestamp_seconds", labels)] == expiry
+        assert samples[("linkcert_domain_status", labels + (("status", state["ssl_status"]),))] == 1
+        assert samples[("linkcert_certificate_consecutive_failures", labels)] == 0
+    assert samples[("linkcert_domain_status", (("domain", "links.example.net"), ("node", "lab-edge"), ("status", "unknown")))] == 1
+    run = {f.name: f for f in parser.text_string_to_metric_families(on_edge(edge_lab, "cat /var/lib/prometheus/node-exporter/linkcert-run-onboard.prom"))}
+    assert [s.value for s in run["linkcert_run_success"].samples] == [1.0]
+    assert on_edge(edge_lab, "stat -c '%a %U' /var/lib/prometheus/node-exporter/linkcert-domains.prom").split() == ["644", "root"]
 
 
 def secrets_on_edge(edge_lab: Dict[str, Any]) -> List[str]:
@@ -312,14 +401,45 @@ def test_renew_under_ansible_runner_hands_awx_the_summary(edge_lab, first_run, t
         assert line not in stored, "a private key line is in the runner's artifacts"
 
 
+def run_status(edge_lab: Dict[str, Any], tmp_path: Path, **extra: Any):
+    """status.yml into TMP_PATH; returns the run, the rows by domain and the page's text."""
+    out, page = tmp_path / "status.json", tmp_path / "status.html"
+    run = run_playbook("playbooks/status.yml", INVENTORY, extra_vars=dict({"linkcert_status_file": str(out), "linkcert_status_page": str(page)},
+                                                                          **extra), env=edge_lab["env"])
+    rows = {d["domain"]: d for d in json.loads(out.read_text())["edges"]["lab-edge"]} if out.exists() else {}
+    return run, rows, page.read_text() if page.exists() else ""
+
+
 def test_status_playbook_writes_every_domain_with_its_next_renewal(edge_lab, first_run, tmp_path):
-    out = tmp_path / "status.json"
-    run = run_playbook("playbooks/status.yml", INVENTORY, extra_vars={"linkcert_status_file": str(out)}, env=edge_lab["env"])
+    run, domains, page = run_status(edge_lab, tmp_path)
     assert run.rc == 0, run.stdout
-    domains = {d["domain"]: d for d in json.loads(out.read_text())["edges"]["lab-edge"]}
     assert len(domains) == 5
     for name in GOOD:
         assert domains[name]["label"] == "SSL Issued" and domains[name]["not_after"] and domains[name]["renew_after"]
         assert domains[name]["not_after"] > domains[name]["renew_after"]
+        assert domains[name]["alerts"] == [] and domains[name]["node"] == "lab-edge"
+        assert int(domains[name]["served_serial"], 16) == int(domains[name]["serial"], 16), "the served check did not run"
+    for name in domains:
+        assert name in page
+    assert "SSL Unknown" in page and "caa_blocked" in page
     assert domains["links.example.net"]["reason"] == "caa_blocked"
     assert domains["links.example.net"]["remediation"] == 'example.net. CAA 0 issue "letsencrypt.org"'
+
+
+# Debian's chromium driven by Selenium: the status page browser test's fixture, shared.
+browser = test_status_page_browser.browser
+
+
+def test_the_status_page_after_onboarding_opens_clean_in_a_browser(edge_lab, first_run, tmp_path, browser):  # pylint: disable=redefined-outer-name
+    """What a new user opens after `make demo`: status.yml's page, in Debian's chromium."""
+    run, rows, _page = run_status(edge_lab, tmp_path)
+    assert run.rc == 0, run.stdout
+    browser.set_window_size(1280, 900)
+    browser.get_log("browser")
+    browser.get((tmp_path / "status.html").as_uri())
+    assert [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")] == []
+    assert sorted(visible_keys(browser)) == sorted((name, "lab-edge") for name in rows)
+    assert counter(browser) == "%d of %d domains" % (len(rows), len(rows))
+    text = browser.find_element("id", "rows").text
+    assert "SSL Issued" in text and "SSL Unknown" in text and 'example.net. CAA 0 issue "letsencrypt.org"' in text
+    browser.save_screenshot(str(artifacts_dir() / "status-page-demo.png"))

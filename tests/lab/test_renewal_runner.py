@@ -91,3 +91,50 @@ def test_units_pass_systemd_analyze(tmp_path):
     assert verified.returncode == 0 and not noise, verified.stdout + verified.stderr
     calendar = subprocess.run(["systemd-analyze", "calendar", values["renewal_on_calendar"]], capture_output=True, text=True, check=False)
     assert calendar.returncode == 0 and "Next elapse" in calendar.stdout
+
+
+def test_runner_holds_drifted_domains_and_renews_them_once_dns_is_right(short_lab, tmp_path):
+    """The timer's runner asks DNS again before renewing: a name moved away from the edge and a CAA that now forbids
+    the CA are held (nothing ordered, pair kept, dns_drift / caa_drift recorded with the record to publish)."""
+    edge, moved, forbidden, fine = "edge.drift.test", "moved.drift.test", "links.blocked.drift.test", "fine.drift.test"
+    short_lab.dns_set("a", edge, [short_lab.addr])
+    for name in (moved, forbidden, fine):
+        short_lab.dns_set("cname", name, edge)
+    certificates = [{"domain": name} for name in (moved, forbidden, fine)]
+    common = acme_args(short_lab, tmp_path / "live", tmp_path / "state", certificates, renew_before=1)
+    issued = run_module("acme_http01_cert", common)
+    assert issued.state == "CHANGED", issued.stdout
+    first = {r["domain"]: r for r in issued.result["results"]}
+    pairs = {name: (tmp_path / "live" / name / "fullchain.pem").read_bytes() for name in first}
+
+    short_lab.dns_set("cname", moved, "elsewhere.drift.test")
+    short_lab.dns_set("caa", "blocked.drift.test", "issue sectigo.com")  # the parent: the name itself is a CNAME
+    config_path = tmp_path / "renew.json"
+    config_path.write_text(json.dumps(dict(common, force=True, reload_command=["true"], check_command=["true"],
+                                           drift_check={"edge_cname": edge, "ca_identities": ["letsencrypt.org"]})))
+    runner = install_runner(tmp_path / "lib")
+
+    def run():
+        return subprocess.run([sys.executable, str(runner), "--config", str(config_path)], capture_output=True, text=True, timeout=300, check=False)
+
+    held = run()
+    assert held.returncode == 1, held.stdout + held.stderr  # drifted domains are SSL Pending
+    assert "1 renewed" in held.stdout, held.stdout
+    states = {name: json.loads((tmp_path / "state" / ("%s.json" % name)).read_text()) for name in first}
+    assert (states[moved]["ssl_status"], states[moved]["reason"]) == ("pending", "dns_drift")
+    assert states[moved]["remediation"] == "%s. CNAME %s." % (moved, edge)
+    assert (states[forbidden]["ssl_status"], states[forbidden]["reason"]) == ("pending", "caa_drift")
+    assert 'CAA 0 issue "letsencrypt.org"' in states[forbidden]["remediation"]
+    for name in (moved, forbidden):
+        assert states[name]["serial"] == first[name]["serial"], "the held certificate left the record"
+        assert (tmp_path / "live" / name / "fullchain.pem").read_bytes() == pairs[name], "a held certificate was replaced"
+    assert states[fine]["action"] == "renewed" and states[fine]["serial"] != first[fine]["serial"]
+
+    short_lab.dns_set("cname", moved, edge)
+    short_lab.dns_clear("caa", "blocked.drift.test")
+    healed = run()
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    assert "3 renewed" in healed.stdout
+    for name in (moved, forbidden):
+        state = json.loads((tmp_path / "state" / ("%s.json" % name)).read_text())
+        assert (state["action"], state["ssl_status"]) == ("renewed", "issued") and state["serial"] != first[name]["serial"]

@@ -20,15 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import typing as t
 
+# The run (the service's) starts with the process, imports included: its duration in the metrics counts from here.
+STARTED = time.monotonic()
 LIB = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, LIB)
 
 # pylint: disable=wrong-import-position
-from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_run  # noqa: E402
+from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_run, _dnsrun, _names  # noqa: E402
+from ansible_collections.mailops.linkcert.plugins.module_utils import _metrics  # noqa: E402
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import atomic_write  # noqa: E402
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError  # noqa: E402
 
@@ -61,6 +66,33 @@ def remember_reload(state_root: str, message: t.Optional[str]) -> None:
     atomic_write(path, (message + "\n").encode("utf-8"), 0o600)
 
 
+def write_metrics(config: t.Mapping[str, t.Any], results: t.Sequence[t.Mapping[str, t.Any]], started: float, outcome: str) -> None:
+    """Write the metrics for node_exporter into ``config["metrics_dir"]`` (nothing when it is empty): every domain on
+    record (linkcert-domains.prom) and this run (linkcert-run-timer.prom). ``started`` is a time.monotonic() value.
+    Metrics are bookkeeping: a failure to write them is reported and does not change the exit status."""
+    directory = config.get("metrics_dir")
+    if not directory:
+        return
+    finished = time.time()
+    actions = [r.get("action") if r.get("action") in _metrics.ACTIONS else "none" for r in results]
+    run = {"job": "timer", "node": config.get("node") or socket.gethostname(), "started": finished - max(0.0, time.monotonic() - started),
+           "finished": finished, "outcome": outcome, "counts": {action: actions.count(action) for action in _metrics.ACTIONS}}
+    try:
+        _metrics.write_files(directory, _metrics.read_records(config["state_root"]), run)
+    except (OSError, LinkcertError) as exc:
+        print("linkcert-renew: cannot write the metrics in %s: %s" % (directory, getattr(exc, "msg", exc)), file=sys.stderr)
+
+
+def recheck_dns(config: t.Mapping[str, t.Any], certificates: t.List[t.Dict[str, t.Any]]) -> t.List[t.Dict[str, t.Any]]:
+    """Ask DNS again whether every installed certificate's name still routes to the edge and CAA still lets the CA
+    issue; the ones that do not are held (nothing ordered, the certificate kept, dns_drift / caa_drift reported)."""
+    drift = config["drift_check"]
+    entries = [dict(entry, domain=_names.normalize_domain(entry["domain"], what="certificates domain")) for entry in certificates]
+    policy = _dnsrun.caa_policy(drift.get("ca_identities") or ["letsencrypt.org"], "http-01", drift.get("account_uri"))
+    resolver = _dnsrun.make_resolver(config.get("resolvers") or None, float(drift.get("timeout", 5.0)), int(drift.get("retries", 2)))
+    return _dnsrun.recheck(entries, drift["edge_cname"], policy, resolver, int(drift.get("workers", 16)))
+
+
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Renew linkcert certificates that are due.")
     parser.add_argument("--config", default="/etc/linkcert/renew.json")
@@ -70,8 +102,12 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
         config = json.load(handle)
     try:
         # Only certificates that are installed: first issuance belongs to onboarding, where DNS and CAA are checked.
-        specs = [spec for spec in _acme_run.cert_specs(config.get("certificates", []))
-                 if os.path.exists(os.path.join(config["cert_root"], spec.domain, "cert.pem"))]
+        installed = {spec.domain for spec in _acme_run.cert_specs(config.get("certificates", []))
+                     if os.path.exists(os.path.join(config["cert_root"], spec.domain, "cert.pem"))}
+        wanted = [entry for entry in config.get("certificates", []) if _acme_run.cert_specs([entry])[0].domain in installed]
+        if config.get("drift_check"):
+            wanted = recheck_dns(config, wanted)
+        specs = _acme_run.cert_specs(wanted)
         check_command = config.get("check_command") or ["nginx", "-t"]
         settings = _acme_run.settings_from_options(dict(config, server_check=None if opts.no_reload else check_command))
         runner = _acme_run.Runner(settings, run_command=run_command)
@@ -95,6 +131,8 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
             print("linkcert-renew: cannot record the pending reload in %s: %s" % (config["state_root"], exc), file=sys.stderr)
     print("linkcert-renew: %d certificate(s), %d renewed, %d failed, %d CA request(s)" % (
         len(results), len(changed), sum(1 for r in results if r["action"] == "failed"), runner.ca_requests))
+    # The run failed when a certificate failed or nginx could not load a renewed one; a drifted (held) domain is its own status.
+    write_metrics(config, results, STARTED, "success" if reloaded and all(r["action"] != "failed" for r in results) else "failure")
     if not all(r["ssl_status"] == "issued" for r in results):
         return 1
     return 0 if reloaded else 3

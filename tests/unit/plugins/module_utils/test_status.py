@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
 from ansible_collections.mailops.linkcert.plugins.module_utils import _status
@@ -127,3 +129,55 @@ def test_table_says_when_the_renewal_of_a_served_certificate_failed():
     entry = {"domain": "a.c.com", "ssl_status": "issued", "label": "SSL Issued", "not_after": "2027-02-21T00:00:00Z",
              "renew_after": None, "action": "failed", "reason": "server_config_broken"}
     assert _status.table([entry])[1] == "a.c.com  SSL Issued   expires 2027-02-21; renewal failed (server_config_broken), still served"
+
+
+NOW7 = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+
+
+def record(name, not_before="2026-11-01T00:00:00Z", not_after="2027-01-30T00:00:00Z", serial="0a"):
+    return {"domain": name, "ssl_status": "issued", "label": "SSL Issued", "reason": "not_due", "message": "fine", "remediation": None,
+            "serial": serial, "not_before": not_before, "not_after": not_after}
+
+
+# case, record, verify, caa, served → status, reason, number of alerts, expiring
+REPORT = [
+    ("all-well", record("a.c.com"), verify("a.c.com"), {"domain": "a.c.com", "allowed": True}, {"domain": "a.c.com", "reason": "served_ok"},
+     "issued", "not_due", 0, False),
+    ("cname-moved", record("a.c.com"), verify("a.c.com", "mismatch"), None, None, "pending", "dns_drift", 1, False),
+    ("caa-now-forbids", record("a.c.com"), verify("a.c.com"),
+     {"domain": "a.c.com", "allowed": False, "reason": "issuer_not_listed", "message": "no", "remediation": 'c.com. CAA 0 issue "x"'},
+     None, "pending", "caa_drift", 1, False),
+    ("caa-lookup-fails", record("a.c.com"), verify("a.c.com"), {"domain": "a.c.com", "allowed": False, "reason": "dns_error", "message": "sf"},
+     None, "issued", "caa_dns_error", 1, False),
+    ("not-reloaded", record("a.c.com"), None, None,
+     {"domain": "a.c.com", "reason": "served_mismatch", "message": "serves 0b", "remediation": "reload", "served_serial": "b"},
+     "issued", "served_mismatch", 1, False),
+    ("another-server-answers", record("a.c.com"), None, None,
+     {"domain": "a.c.com", "reason": "served_wrong_certificate", "message": "other", "remediation": "x", "served_serial": "c"},
+     "pending", "served_wrong_certificate", 1, False),
+    ("last-tenth", record("a.c.com", "2026-09-10T00:00:00Z", "2026-12-09T00:00:00Z"), verify("a.c.com"), {"domain": "a.c.com", "allowed": True},
+     None, "issued", "not_due", 1, True),
+    ("never-issued-not-routed", dict(record("a.c.com", None, None, None), ssl_status="unknown", reason="dns_not_ready"),
+     verify("a.c.com", "mismatch"), None, None, "unknown", "dns_not_ready", 0, False),
+]
+
+
+@pytest.mark.parametrize("case", REPORT, ids=[r[0] for r in REPORT])
+def test_report_rows(case):
+    _id, rec, ver, caa, served, status, reason, alerts, expiring = case
+    rows = _status.report_rows([rec], "edge-1", [ver] if ver else None, [caa] if caa else None, [served] if served else None, NOW7)
+    row = rows[0]
+    assert (row["ssl_status"], row["reason"], len(row["alerts"]), row["expiring"], row["node"]) == (status, reason, alerts, expiring, "edge-1")
+    assert row["serial"] == rec["serial"], "the certificate on record is kept in the row"
+
+
+@pytest.mark.parametrize("not_before, not_after, expected", [
+    ("2026-09-02T00:00:00Z", "2026-12-01T12:00:00Z", "expires in 12 hour(s)"),
+    ("2026-09-10T00:00:00Z", "2026-12-09T00:00:00Z", "expires in 8 day(s)"),
+    ("2026-09-01T00:00:00Z", "2026-11-30T00:00:00Z", "expired at 2026-11-30T00:00:00Z"),
+    ("2026-11-01T00:00:00Z", "2027-01-30T00:00:00Z", None),
+    (None, "2026-12-02T00:00:00Z", None),
+])
+def test_expiry_guard(not_before, not_after, expected):
+    alert = _status.expiry_alert({"not_before": not_before, "not_after": not_after}, NOW7)
+    assert (alert is None) if expected is None else (expected in alert)
