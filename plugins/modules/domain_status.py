@@ -55,10 +55,19 @@ options:
     type: str
   run_duration:
     description:
-      - How long the run has taken so far, in seconds (C(linkcert_run_duration_seconds)). Measured on the controller, from a
-        timestamp taken when the run started to this task, so a host clock that is off does not distort it.
+      - How long the run has taken so far, in seconds (C(linkcert_run_duration_seconds)). The certificate role measures it on
+        the controller, from M(mailops.linkcert.sending_domain_verify)'s RV(mailops.linkcert.sending_domain_verify#module:checked_at)
+        to this task, so a host clock that is off does not distort it.
       - When omitted, the run's duration is left out of the metrics.
     type: float
+  dns_checked:
+    description:
+      - The O(statuses) come from a DNS routing and CAA check made in this run (the certificate role's). Their time is
+        recorded in C(STATE_ROOT/.dns-checked.json), so the renewal timer asks DNS again only when that is older than its
+        interval, or when a certificate is due or not plainly issued.
+      - Bookkeeping like the metrics (never a change, not in check mode).
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -74,7 +83,8 @@ EXAMPLES = r"""
     metrics_dir: /var/lib/prometheus/node-exporter
     metrics_job: onboard
     metrics_node: "{{ inventory_hostname }}"
-    run_duration: "{{ now().timestamp() - run_started | float }}"
+    run_duration: "{{ now().timestamp() - dns.checked_at | float }}"
+    dns_checked: true
 
 - name: Read every domain's status on this host
   mailops.linkcert.domain_status:
@@ -104,12 +114,13 @@ metrics_files:
   sample: [/var/lib/prometheus/node-exporter/linkcert-domains.prom, /var/lib/prometheus/node-exporter/linkcert-run-onboard.prom]
 """
 
+import datetime
 import socket
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.mailops.linkcert.plugins.module_utils import _metrics
+from ansible_collections.mailops.linkcert.plugins.module_utils import _drift, _metrics
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_state import StateStore
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError, LinkcertError
 from ansible_collections.mailops.linkcert.plugins.module_utils._names import normalize_domain
@@ -158,6 +169,7 @@ def main():
             "metrics_job": {"type": "str", "choices": ["onboard", "renew"], "default": "onboard"},
             "metrics_node": {"type": "str"},
             "run_duration": {"type": "float"},
+            "dns_checked": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -180,6 +192,11 @@ def main():
     except LinkcertError as exc:
         exc.fail(module)
     metrics_files = _write_metrics(module, records)
+    if module.params["dns_checked"] and module.params["statuses"] and not module.check_mode:
+        try:  # bookkeeping, like the metrics: the renewal timer asks DNS again sooner if this is lost
+            _drift.record_checked(module.params["state_root"], [domain for domain, _fields in entries], datetime.datetime.now(datetime.timezone.utc))
+        except LinkcertError as exc:
+            module.warn("The time of the DNS check was not recorded: %s" % exc.msg)
     # The metrics files are bookkeeping: only the state files count as a change.
     module.exit_json(changed=bool(updated), updated=updated, domains=records, metrics_files=metrics_files)
 

@@ -179,6 +179,11 @@ caa_results:
   returned: when O(caa) is given
   type: list
   elements: dict
+checked_at:
+  description: When the check started, in seconds since the epoch (this host's clock), so later tasks can date the findings.
+  returned: always
+  type: float
+  sample: 1796093856.8
 all_verified:
   description: Whether every record of every domain is verified.
   returned: always
@@ -248,6 +253,8 @@ results:
           returned: when O(authoritative=true)
 """
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.mailops.linkcert.plugins.module_utils import _dnsrun
@@ -292,6 +299,7 @@ def main():
     for library, error in _dnsrun.missing_libraries():
         module.fail_json(msg=missing_required_lib(library), exception=str(error))
     params = module.params
+    checked_at = time.time()
     try:
         specs = parse_specs(params["domains"])
         resolver = _dnsrun.resolver_from_params(params)
@@ -308,7 +316,7 @@ def main():
             extra["caa_results"] = _dnsrun.run_caa(ready, policy, resolver, params["workers"])
     except LinkcertError as exc:
         exc.fail(module)
-    module.exit_json(changed=False, all_verified=all(r["verified"] for r in results), results=results, **extra)
+    module.exit_json(changed=False, checked_at=checked_at, all_verified=all(r["verified"] for r in results), results=results, **extra)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ if a renewal failed but the old certificate still works), 1 when one is not vali
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import socket
@@ -33,7 +34,8 @@ sys.path.insert(0, LIB)
 
 # pylint: disable=wrong-import-position
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_run, _dnsrun, _names  # noqa: E402
-from ansible_collections.mailops.linkcert.plugins.module_utils import _metrics  # noqa: E402
+from ansible_collections.mailops.linkcert.plugins.module_utils import _drift, _metrics  # noqa: E402
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_state import StateStore  # noqa: E402
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import atomic_write  # noqa: E402
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError  # noqa: E402
 
@@ -84,13 +86,28 @@ def write_metrics(config: t.Mapping[str, t.Any], results: t.Sequence[t.Mapping[s
 
 
 def recheck_dns(config: t.Mapping[str, t.Any], certificates: t.List[t.Dict[str, t.Any]]) -> t.List[t.Dict[str, t.Any]]:
-    """Ask DNS again whether every installed certificate's name still routes to the edge and CAA still lets the CA
-    issue; the ones that do not are held (nothing ordered, the certificate kept, dns_drift / caa_drift reported)."""
+    """Ask DNS again whether installed certificates' names still route to the edge and CAA still lets the CA issue; the
+    ones that do not are held (nothing ordered, the certificate kept, dns_drift / caa_drift reported).
+
+    Asked for every domain whose last check (STATE_ROOT/.dns-checked.json, written by the role too) is older than
+    ``interval_hours`` (20), that is due, or that is not plainly issued; the others were checked recently enough."""
     drift = config["drift_check"]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    interval = datetime.timedelta(hours=float(drift.get("interval_hours", 20)))
+    states, checked = StateStore(config["state_root"]), _drift.load_checked(config["state_root"])
     entries = [dict(entry, domain=_names.normalize_domain(entry["domain"], what="certificates domain")) for entry in certificates]
+    ask = [entry for entry in entries if _drift.needs_check(checked.get(entry["domain"]), states.load(entry["domain"]), now, interval)]
+    if not ask:
+        return entries
     policy = _dnsrun.caa_policy(drift.get("ca_identities") or ["letsencrypt.org"], "http-01", drift.get("account_uri"))
     resolver = _dnsrun.make_resolver(config.get("resolvers") or None, float(drift.get("timeout", 5.0)), int(drift.get("retries", 2)))
-    return _dnsrun.recheck(entries, drift["edge_cname"], policy, resolver, int(drift.get("workers", 16)))
+    answered = {entry["domain"]: entry for entry in _dnsrun.recheck(ask, drift["edge_cname"], policy, resolver, int(drift.get("workers", 16)))}
+    try:
+        _drift.record_checked(config["state_root"], list(answered), now)
+    except LinkcertError as exc:  # bookkeeping: the next run asks again
+        print("linkcert-renew: %s" % exc.msg, file=sys.stderr)
+    print("linkcert-renew: DNS and CAA asked again for %d of %d certificate(s)" % (len(answered), len(entries)))
+    return [answered.get(entry["domain"], entry) for entry in entries]
 
 
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
