@@ -33,10 +33,11 @@ def test_status_table_and_json(lab, tmp_path):
          "message": "Not issued yet"}]}).state == "CHANGED"
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     inventory = tmp_path / "hosts.yml"
-    inventory.write_text(yaml.safe_dump({"linkcert_edges": {"hosts": {
+    # These "edges" serve no HTTPS: the served-certificate check is off (the edge tests run it).
+    inventory.write_text(yaml.safe_dump({"linkcert_edges": {"vars": {"linkcert_served_check": False}, "hosts": {
         "edge-a": dict(local, linkcert_state_root=str(state_root)), "edge-b": dict(local, linkcert_state_root=str(other_root))}}}))
-    out = tmp_path / "status.json"
-    run = run_playbook("playbooks/status.yml", str(inventory), extra_vars={"linkcert_status_file": str(out)})
+    out, page = tmp_path / "status.json", tmp_path / "status.html"
+    run = run_playbook("playbooks/status.yml", str(inventory), extra_vars={"linkcert_status_file": str(out), "linkcert_status_page": str(page)})
     assert run.rc == 0, run.stdout + run.stderr
     assert "status.acme.test" in run.stdout and "SSL Issued   expires " in run.stdout
     assert 'caa_blocked: publish acme.test. CAA 0 issue "letsencrypt.org"' in run.stdout
@@ -46,3 +47,5 @@ def test_status_table_and_json(lab, tmp_path):
     rows = {row["domain"]: row for row in report["edges"]["edge-a"]}
     assert rows["status.acme.test"]["ssl_status"] == "issued" and rows["status.acme.test"]["serial"] == issued.result["results"][0]["serial"]
     assert rows["blocked.acme.test"]["remediation"].startswith("acme.test. CAA")
+    text = page.read_text()
+    assert "status.acme.test" in text and "pending.acme.test" in text and "caa_blocked" in text
