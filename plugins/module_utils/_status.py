@@ -16,6 +16,9 @@ from __future__ import annotations
 import datetime
 import typing as t
 
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_renewal import CLOCK_SKEW_TOLERANCE
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_state import parse_iso
+
 ISSUED = "issued"
 PENDING = "pending"
 UNKNOWN = "unknown"
@@ -154,13 +157,11 @@ def statuses(domains: t.Sequence[t.Any], verify_results: t.Optional[t.Sequence[t
 
 
 def _when(text: t.Any) -> t.Optional[datetime.datetime]:
-    if not text:
-        return None
+    """An ISO 8601 time from a record, or None when it is missing or unreadable."""
     try:
-        when = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        return parse_iso(str(text)) if text else None
     except ValueError:
         return None
-    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
 
 
 def expiry_alert(entry: t.Mapping[str, t.Any], now: t.Optional[datetime.datetime] = None) -> t.Optional[str]:
@@ -225,7 +226,7 @@ def report_rows(records: t.Sequence[t.Mapping[str, t.Any]], node: str, verify_re
             found = domain_status(name, verify, by_caa.get(name))
             if found["ssl_status"] != PENDING:
                 not_before, not_after = _when(row.get("not_before")), _when(row.get("not_after"))
-                valid = bool(not_before and not_after and not_before - datetime.timedelta(minutes=5) <= moment < not_after)
+                valid = bool(not_before and not_after and not_before - CLOCK_SKEW_TOLERANCE <= moment < not_after)
                 status, reason, message = held(found["reason"], found["message"], valid)
                 row.update(status_entry(name, status, reason, message, found["remediation"]))
                 alerts.append("%s: %s" % (reason, message))

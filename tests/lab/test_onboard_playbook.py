@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterator, List
 
 import labctl
 import pytest
+from prometheus_client import parser
 from labtools import BIN, REPO, ansible_env, run_playbook
 import test_status_page_browser
 from test_status_page_browser import artifacts_dir, counter, visible_keys
@@ -332,7 +333,6 @@ def test_status_reports_a_certificate_renewed_on_disk_but_not_served(edge_lab, f
 
 def test_metrics_for_node_exporter_are_on_the_edge(edge_lab, first_run):
     """The onboarding run wrote node_exporter textfile metrics; Prometheus' own parser reads them back."""
-    parser = pytest.importorskip("prometheus_client.parser")
     text = on_edge(edge_lab, "cat /var/lib/prometheus/node-exporter/linkcert-domains.prom")
     families = {family.name: family for family in parser.text_string_to_metric_families(text)}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}

@@ -83,7 +83,7 @@ def artifacts_dir() -> Path:
 def browser() -> t.Iterator[t.Any]:
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not (os.path.isfile(path) and os.access(path, os.X_OK))]
     if missing:
-        pytest.skip("the status page browser test needs Debian's chromium and chromium-driver (%s missing; "
+        pytest.fail("the status page browser test needs Debian's chromium and chromium-driver (%s missing; "
                     "apt-get install chromium chromium-driver, as scripts/bootstrap.sh does)" % ", ".join(missing))
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -119,9 +119,9 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
         config = json.load(handle)
     try:
         # Only certificates that are installed: first issuance belongs to onboarding, where DNS and CAA are checked.
-        installed = {spec.domain for spec in _acme_run.cert_specs(config.get("certificates", []))
-                     if os.path.exists(os.path.join(config["cert_root"], spec.domain, "cert.pem"))}
-        wanted = [entry for entry in config.get("certificates", []) if _acme_run.cert_specs([entry])[0].domain in installed]
+        listed = config.get("certificates", [])
+        wanted = [entry for entry, spec in zip(listed, _acme_run.cert_specs(listed))
+                  if os.path.exists(os.path.join(config["cert_root"], spec.domain, "cert.pem"))]
         if config.get("drift_check"):
             wanted = recheck_dns(config, wanted)
         specs = _acme_run.cert_specs(wanted)
