@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -46,27 +47,32 @@ class ScriptedCA:
         self.already_replaced_once = False
         self.requests = 0
         self.account_uri = "https://ca.example/acct/1"
-        self.csr = None
+        self.lock = threading.Lock()
+        self.csrs = {}  # per order: Runner works on several certificates at once
 
     def new_order(self, names, deadline, replaces=None, profile=None):
-        self.orders.append({"names": list(names), "replaces": replaces, "profile": profile})
+        with self.lock:
+            self.orders.append({"names": list(names), "replaces": replaces, "profile": profile})
+            number = len(self.orders)
         if replaces and self.already_replaced_once:
             self.already_replaced_once = False
             raise AcmeProblem("already replaced", "alreadyReplaced")
-        return "https://ca.example/order/%d" % len(self.orders), {"status": "ready", "authorizations": [], "finalize": "https://ca.example/fin"}
+        return "https://ca.example/order/%d" % number, {"status": "ready", "authorizations": [], "finalize": "https://ca.example/fin/%d" % number}
 
     def wait_valid(self, url, deadline, item, pending=("pending", "processing")):
+        number = url.rsplit("/", 1)[1]
         if pending == ("pending",):
-            return {"status": "ready", "finalize": "https://ca.example/fin"}
-        return {"status": "valid", "certificate": "https://ca.example/cert"}
+            return {"status": "ready", "finalize": "https://ca.example/fin/%s" % number}
+        return {"status": "valid", "certificate": "https://ca.example/cert/%s" % number}
 
     def finalize(self, url, csr_pem, deadline, item):
-        self.csr = x509.load_pem_x509_csr(csr_pem)
+        self.csrs[url.rsplit("/", 1)[1]] = x509.load_pem_x509_csr(csr_pem)
 
     def download(self, url, deadline, item):
-        san = self.csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        leaf = (x509.CertificateBuilder().subject_name(self.csr.subject).issuer_name(self.cert.subject)
-                .public_key(self.csr.public_key()).serial_number(x509.random_serial_number())
+        csr = self.csrs[url.rsplit("/", 1)[1]]
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        leaf = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(self.cert.subject)
+                .public_key(csr.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(NOW - datetime.timedelta(hours=1)).not_valid_after(NOW + datetime.timedelta(days=90))
                 .add_extension(san, critical=False)
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
