@@ -61,6 +61,33 @@ def withdraw(path: Path) -> None:
         pass
 
 
+#: Older than any live run's token: a run's deadline is at most an hour (the ``timeout`` option's bound).
+STALE_AFTER = 2 * 3600.0
+
+
+def sweep(webroot: t.Union[str, Path], now: float, older_than: float = STALE_AFTER) -> t.List[str]:
+    """Remove token files left by runs that were killed before they could withdraw them; return their names.
+
+    Only regular files with a token's name and an mtime over ``older_than`` seconds before ``now`` are removed:
+    nothing else in the webroot is touched, and no link is followed.
+    """
+    folder = Path(webroot).joinpath(*CHALLENGE_DIR)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            stale = _TOKEN.match(entry.name) and entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > older_than
+            if stale:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            continue
+    return sorted(removed)
+
+
 class SelfCheck(t.NamedTuple):
     resolver: t.Optional[View]
     port: int

@@ -73,6 +73,17 @@ class Settings(t.NamedTuple):
     server_check: t.Optional[t.Tuple[str, ...]] = None
 
 
+def _disjoint_roots(roots: t.Mapping[str, str]) -> None:
+    """No root inside another: nginx reads the webroot, the state root is 0700, the keys must never be under the webroot."""
+    real = {option: os.path.realpath(path) for option, path in roots.items()}
+    for inner, inner_path in real.items():
+        for outer, outer_path in real.items():
+            if inner != outer and os.path.commonpath([inner_path, outer_path]) == outer_path:
+                raise InputError("%s (%s) must not be %s %s (%s): keep the three roots apart, for example as sibling directories"
+                                 % (inner, roots[inner], "the same as" if inner_path == outer_path else "inside", outer, roots[outer]),
+                                 item=roots[inner])
+
+
 def settings_from_options(p: t.Mapping[str, t.Any], check_mode: bool = False) -> Settings:
     """Validate the module's options (the renewal runner's configuration uses the same keys) and build Settings.
 
@@ -82,9 +93,11 @@ def settings_from_options(p: t.Mapping[str, t.Any], check_mode: bool = False) ->
         raise InputError("acme_directory %r is not an http(s) URL" % p["acme_directory"], item=p["acme_directory"])
     if p.get("acme_ca_bundle") and not os.path.isfile(p["acme_ca_bundle"]):
         raise InputError("acme_ca_bundle %s does not exist" % p["acme_ca_bundle"], item=p["acme_ca_bundle"])
-    for option in ("webroot", "cert_root", "state_root"):
+    roots = ("webroot", "cert_root", "state_root")
+    for option in roots:
         if not os.path.isabs(p[option]):
             raise InputError("%s must be an absolute path, got %r" % (option, p[option]), item=p[option])
+    _disjoint_roots({option: p[option] for option in roots})
     if bool(p.get("eab_kid")) != bool(p.get("eab_hmac_key")):
         raise InputError("give both eab_kid and eab_hmac_key, or neither", item="eab_kid")
     renew_before: t.Union[str, int] = str(p.get("renew_before", "auto")).strip().lower()
@@ -169,6 +182,8 @@ class Runner:
         self._run_command = run_command
         self._server_lock = threading.Lock()
         self._server_verdict: t.Optional[t.Tuple[bool, str]] = None
+        self._sweep_lock = threading.Lock()
+        self._swept = False
         self.store = CertStore(settings.cert_root)
         self.states = StateStore(settings.state_root)
         self._client: t.Optional[AcmeClient] = None
@@ -207,8 +222,9 @@ class Runner:
                 else:
                     record.update(directory=self.s.directory_url, uri=client.account(self.s.email, self.s.terms_agreed, self.s.eab, deadline),
                                   thumbprint=thumb, created=iso(utcnow()))
-                record["features"] = renewal.directory_features(directory)
-                record["features_at"] = iso(utcnow())
+                features = renewal.directory_features(directory)
+                if record.get("features") != features:  # stamped only on change, so an unchanged account is not rewritten
+                    record.update(features=features, features_at=iso(utcnow()))
                 if record != self._account_record:
                     self.states.save_account(self.s.directory_url, record)
                     self._account_record = record
@@ -400,7 +416,15 @@ class Runner:
             raise LinkcertError("the CA returned a certificate for another key", item=spec.domain, reason="ca_protocol_error")
         return keys.key_to_pem(key), leaf, chain
 
+    def _sweep_challenges(self) -> None:
+        """Once per run, before the first token is published: remove tokens that killed runs left behind."""
+        with self._sweep_lock:
+            if not self._swept:
+                self._swept = True
+                challenge.sweep(self.s.webroot, time.time())
+
     def _authorize(self, client: AcmeClient, spec: CertSpec, order: t.Dict[str, t.Any], deadline: float) -> None:
+        self._sweep_challenges()
         published: t.List[Path] = []
         answered: t.List[t.Tuple[str, str]] = []
         check = challenge.SelfCheck(self.s.resolver, self.s.challenge_port, min(10.0, max(1.0, deadline - time.monotonic())))

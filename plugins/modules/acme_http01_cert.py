@@ -97,7 +97,10 @@ options:
     description: External account binding MAC key (base64url). Never logged.
     type: str
   webroot:
-    description: The directory nginx serves C(/.well-known/acme-challenge/) from. Challenge files are removed afterwards.
+    description:
+      - The directory nginx serves C(/.well-known/acme-challenge/) from. Challenge files are removed afterwards.
+      - Token files over two hours old (left by a run that was killed) are removed by the next run that orders.
+      - O(webroot), O(cert_root) and O(state_root) must not be inside one another; they are refused before anything is done.
     type: path
     required: true
   cert_root:
@@ -193,7 +196,8 @@ EXAMPLES = r"""
 
 - name: Against a private ACME server with its own CA
   mailops.linkcert.acme_http01_cert:
-    certificates: "{{ linkcert_domains | map(attribute='name') | map('community.general.dict_kv', 'domain') }}"
+    certificates:
+      - domain: links.customer.com
     acme_directory: https://acme.internal.example/directory
     acme_ca_bundle: /etc/linkcert/acme-ca.pem
     terms_agreed: true

@@ -360,6 +360,23 @@ def test_control_valid_names_do_reach_dns_ca_and_disk(lab, ctx, run):
     assert (ctx.roots["state"] / (FIRST + ".json")).is_file()
 
 
+@pytest.mark.parametrize("inner, outer", [("live", "webroot"), ("webroot", "state"), ("state", "live")])
+@pytest.mark.parametrize("run", [run_module, run_direct], ids=["through-ansible", "direct"])
+def test_roots_inside_one_another_refused_before_any_side_effect(lab, ctx, inner, outer, run):
+    """Keys under the webroot, or the webroot under the 0700 state root, are refused by name before anything is done."""
+    nested = ctx.roots[outer] / "nested"
+    roots = {"live": ctx.roots["live"], "state": ctx.roots["state"], "webroot": ctx.roots["webroot"], inner: nested}
+    option = {"live": "cert_root", "state": "state_root", "webroot": "webroot"}
+    ctx.snapshot(FIRST)
+    args = acme_args(lab, roots["live"], roots["state"], [{"domain": FIRST}], acme_directory=ctx.ca.directory,
+                     webroot=str(roots["webroot"]), resolvers=[ctx.resolver], timeout=10)
+    refused = run("acme_http01_cert", args)
+    assert refused.state == "FAILED!" and refused.rc != 0, refused.stdout
+    assert refused.result["msg"].startswith("%s (%s) must not be inside %s" % (option[inner], nested, option[outer])), refused.result
+    assert (refused.result["reason"], refused.result["item"]) == ("invalid_input", str(nested))
+    ctx.assert_untouched()
+
+
 # ------------------------------------------------------------------ unusual but valid names
 
 @pytest.mark.parametrize("raw,normal", [(raw, normal) for _id, raw, normal in ACCEPTED], ids=[c[0] for c in ACCEPTED])

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_keys as keys
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_renewal as renewal
+from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_run as run_module
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_client import AcmeProblem
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_run import CertSpec, Runner, Settings, cert_specs, settings_from_options
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError, LinkcertError
@@ -281,3 +285,88 @@ def test_a_held_certificate_is_never_ordered_and_kept(tmp_path):
 def test_a_bad_hold_is_named(hold):
     with pytest.raises(InputError, match=r"certificates\[1\]\.hold must be a dict with a reason and an explanation"):
         cert_specs([{"domain": "a.customer.example", "hold": hold}])
+
+
+class DirectoryClient:
+    """The part of AcmeClient that ``Runner.client`` uses: the directory, the key's JWK and registration."""
+
+    directory_body = json.loads((DATA / "directory_letsencrypt.json").read_text())
+    registrations = 0
+
+    def __init__(self, directory_url, ca_bundle, key, timeout):
+        self.jwk, self.alg = keys.jwk_and_alg(key)
+        self.account_uri = None
+        self.requests = 0
+
+    def directory(self, deadline):
+        return self.directory_body
+
+    def account(self, email, terms_agreed, eab, deadline):
+        type(self).registrations += 1
+        self.account_uri = "https://ca.example/acct/1"
+        return self.account_uri
+
+
+def fresh_runner(tmp_path):
+    settings = make_runner(tmp_path, ScriptedCA()).s
+    return Runner(settings)
+
+
+def test_the_account_record_is_written_when_it_changes_and_only_then(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_module, "AcmeClient", DirectoryClient)
+    monkeypatch.setattr(DirectoryClient, "registrations", 0)
+    fresh_runner(tmp_path).client(deadline=0)
+    [record_path] = (tmp_path / "state" / "accounts").iterdir()
+    first = record_path.read_bytes()
+    assert json.loads(first)["features"]["ari"] is True and DirectoryClient.registrations == 1
+
+    os.utime(record_path, (1_000_000_000, 1_000_000_000))
+    fresh_runner(tmp_path).client(deadline=0)
+    assert DirectoryClient.registrations == 1, "a known account is not registered again"
+    assert record_path.stat().st_mtime == 1_000_000_000 and record_path.read_bytes() == first, "nothing changed, nothing written"
+
+    monkeypatch.setattr(DirectoryClient, "directory_body", json.loads((DATA / "directory_pebble_2_4.json").read_text()))
+    fresh_runner(tmp_path).client(deadline=0)
+    changed = json.loads(record_path.read_text())
+    assert changed["features"]["ari"] is False and changed["uri"] == "https://ca.example/acct/1"
+    assert DirectoryClient.registrations == 1
+
+
+def test_a_run_that_orders_sweeps_tokens_left_by_killed_runs_and_check_mode_does_not(tmp_path):
+    folder = tmp_path / "webroot" / ".well-known" / "acme-challenge"
+    folder.mkdir(parents=True)
+    stale, fresh = folder / ("s" * 43), folder / ("f" * 43)
+    for path in (stale, fresh):
+        path.write_text(path.name + ".thumbprint")
+    old = time.time() - 3 * 3600
+    os.utime(stale, (old, old))
+
+    make_runner(tmp_path, ScriptedCA(), check_mode=True).run([SPEC])
+    assert stale.exists() and fresh.exists(), "check mode writes and removes nothing"
+
+    ca = ScriptedCA()
+    assert [r["action"] for r in make_runner(tmp_path, ca).run(SPECS)] == ["issued", "issued"]
+    assert not stale.exists() and fresh.read_text() == fresh.name + ".thumbprint"
+
+
+@pytest.mark.parametrize("webroot, cert_root, state_root, message", [
+    ("w", "w/live", "s", r"cert_root \(.*/w/live\) must not be inside webroot"),
+    ("s/webroot", "c", "s", r"webroot \(.*/s/webroot\) must not be inside state_root"),
+    ("c/..//c/tokens", "c", "s", r"webroot \(.*\) must not be inside cert_root"),
+    ("w", "c", "c/", r"cert_root \(.*/c\) must not be the same as state_root"),
+    ("w", "link-to-w/live", "s", r"cert_root \(.*/link-to-w/live\) must not be inside webroot"),
+])
+def test_roots_inside_one_another_are_refused_before_anything(tmp_path, webroot, cert_root, state_root, message):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "link-to-w").symlink_to(tmp_path / "w")
+    options = {"acme_directory": "https://ca.example/dir", "webroot": str(tmp_path / webroot), "cert_root": str(tmp_path / cert_root),
+               "state_root": str(tmp_path / state_root)}
+    with pytest.raises(InputError, match=message):
+        settings_from_options(options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link-to-w", "w"] and list((tmp_path / "w").iterdir()) == []
+
+
+def test_sibling_roots_and_names_that_only_share_a_prefix_are_fine(tmp_path):
+    options = {"acme_directory": "https://ca.example/dir", "webroot": str(tmp_path / "linkcert"), "cert_root": str(tmp_path / "linkcert-live"),
+               "state_root": str(tmp_path / "linkcert-state")}
+    assert settings_from_options(options).cert_root == str(tmp_path / "linkcert-live")
