@@ -61,7 +61,7 @@ def withdraw(path: Path) -> None:
         pass
 
 
-#: Older than any live run's token: a run's deadline is at most an hour (the ``timeout`` option's bound).
+#: Older than any live token: each certificate's deadline, which bounds its token's life, is at most an hour (``timeout``).
 STALE_AFTER = 2 * 3600.0
 
 
