@@ -170,15 +170,20 @@ def named_entries(root: Path) -> List[str]:
     return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and p.name not in ("accounts", "account.key"))
 
 
-def _stat(path: str) -> Optional[Tuple[int, int, int]]:
-    """Identity and content stamp of a file; only identity for a directory (others may add to /tmp)."""
+def _stat(path: str) -> Optional[Tuple[Any, ...]]:
+    """What a file is: its mode, size, mtime and content digest; a directory's mode (others may add to /tmp); a link's
+    target. No inode numbers: they are reused once a file is gone, so they prove nothing about a file's identity."""
     try:
         st = os.lstat(path)
     except (OSError, ValueError):
         return None
-    if stat.S_ISDIR(st.st_mode):
-        return (st.st_ino, -1, -1)
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    if stat.S_ISLNK(st.st_mode):
+        return ("link", os.readlink(path))
+    if not stat.S_ISREG(st.st_mode):
+        return ("other", st.st_mode)
+    with open(path, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    return ("file", st.st_mode, st.st_size, st.st_mtime_ns, digest)
 
 
 def escape_paths(roots: Dict[str, Path], raw: str) -> List[str]:

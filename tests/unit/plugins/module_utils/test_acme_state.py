@@ -248,7 +248,7 @@ def test_lock_held_by_other_process(tmp_path: Path, ending: str) -> None:
         assert info.value.item == DOMAIN
         assert "another run holds the lock" in info.value.msg
         assert str(holder.pid) in info.value.msg
-        assert 0.2 <= waited < 2
+        assert waited >= 0.2, "gave up before its timeout"
         with store.lock("other.example", 0):  # other domains are independent
             pass
     finally:

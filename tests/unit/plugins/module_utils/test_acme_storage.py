@@ -290,18 +290,40 @@ def unprivileged_python(drop: t.Dict[str, t.Any]) -> str:
     return ""  # pragma: no cover
 
 
+def readable_module_utils(where: str) -> str:
+    """A copy of the collection's module_utils under ``where`` (world-readable), as an import path.
+
+    The checkout may live where the unprivileged user cannot reach (``/root/x`` is 0700), so the child
+    imports this copy, not the checkout. Returns the directory to put on PYTHONPATH."""
+    source = Path(storage.__file__).resolve().parent
+    package = Path(where, "ansible_collections", "mailops", "linkcert", "plugins", "module_utils")
+    shutil.copytree(source, package, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in [package, *package.parents]:
+        if folder == Path(where):
+            break
+        (folder / "__init__.py").touch()
+    for dirpath, dirnames, filenames in os.walk(where):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+    return where
+
+
 def test_atomic_write_read_only_directory() -> None:
-    # root ignores directory permissions, so the write runs in a child process as nobody. The directory is
-    # not under tmp_path (whose parents are 0700 root): the child must be able to traverse to it.
+    # root ignores directory permissions, so the write runs in a child process as nobody. Nothing it needs is
+    # under tmp_path or the checkout (either may have 0700 parents, such as /root): the directory it writes to
+    # and the code it imports are in world-readable temporary directories.
     directory = tempfile.mkdtemp(prefix="linkcert-ro-")
+    code = tempfile.mkdtemp(prefix="linkcert-code-")
     try:
         os.chmod(directory, 0o555)
+        os.chmod(code, 0o755)
         target = os.path.join(directory, "new.pem")
         drop = {"user": 65534, "group": 65534, "extra_groups": []} if os.geteuid() == 0 else {}
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        env = dict(os.environ, PYTHONPATH=readable_module_utils(code))
         python = unprivileged_python(drop)
         proc = subprocess.run([python, "-c", WRITER, target], capture_output=True, text=True, env=env, timeout=60, check=False,
-                              **drop)  # type: ignore[call-overload]
+                              cwd=code, **drop)  # type: ignore[call-overload]
         assert proc.returncode == 0, proc.stderr
         reason, item, message = json.loads(proc.stdout)
         assert reason == "write_failed"
@@ -311,6 +333,7 @@ def test_atomic_write_read_only_directory() -> None:
     finally:
         os.chmod(directory, 0o755)
         shutil.rmtree(directory)
+        shutil.rmtree(code)
 
 
 def test_domains_in_lists_only_normal_host_names(tmp_path: Path) -> None:

@@ -228,11 +228,12 @@ def test_write_creates_the_directory_and_replaces_the_file_atomically(tmp_path):
     assert stat.S_IMODE(directory.stat().st_mode) == 0o755
     assert sorted(Path(p).name for p in paths) == ["linkcert-domains.prom", "linkcert-run-timer.prom"]
     domains = directory / "linkcert-domains.prom"
-    first_inode = domains.stat().st_ino
     assert stat.S_IMODE(domains.stat().st_mode) == 0o644
-    assert value(parse(domains.read_text()), "linkcert_certificate_expiry_alert", domain=DOMAIN) == 0
-    _metrics.write_files(str(directory), [issued(not_before=at(-89), not_after=at(1))], dict(RUN, job="onboard"), NOW)
-    assert domains.stat().st_ino != first_inode, "the file was rewritten in place, not replaced"
+    first = domains.read_bytes()
+    assert value(parse(first.decode()), "linkcert_certificate_expiry_alert", domain=DOMAIN) == 0
+    with open(domains, "rb") as old:  # the first file, held open: a rename leaves it whole and unlinked
+        _metrics.write_files(str(directory), [issued(not_before=at(-89), not_after=at(1))], dict(RUN, job="onboard"), NOW)
+        assert os.fstat(old.fileno()).st_nlink == 0 and old.read() == first, "the file was rewritten in place, not replaced"
     assert value(parse(domains.read_text()), "linkcert_certificate_expiry_alert", domain=DOMAIN) == 1
     assert sorted(p.name for p in directory.iterdir()) == ["linkcert-domains.prom", "linkcert-run-onboard.prom", "linkcert-run-timer.prom"]
 
@@ -257,16 +258,17 @@ def _runner_module():
     return module
 
 
-def test_runner_write_metrics(tmp_path, capsys):
+def test_runner_write_metrics(tmp_path, capsys, monkeypatch):
     runner = _runner_module()
+    monkeypatch.setattr(runner.time, "monotonic", lambda: 1003.25)  # the run started at 1000.0: 3.25 s ago
     store = StateStore(tmp_path / "state")
     store.save(DOMAIN, issued(failures=failures(-1)))
     config = {"state_root": str(tmp_path / "state"), "metrics_dir": str(tmp_path / "metrics"), "node": "edge-7"}
     results = [{"domain": DOMAIN, "action": "failed"}, {"domain": "b.customer.com", "action": "renewed"}]
-    runner.write_metrics(config, results, runner.time.monotonic() - 3.0, "failure")
+    runner.write_metrics(config, results, 1000.0, "failure")
     families = parse((tmp_path / "metrics" / "linkcert-run-timer.prom").read_text())
     assert value(families, "linkcert_run_success", job="timer", node="edge-7") == 0
-    assert 3.0 <= value(families, "linkcert_run_duration_seconds", job="timer") < 60
+    assert value(families, "linkcert_run_duration_seconds", job="timer") == 3.25
     assert {s.labels["action"]: s.value for s in families["linkcert_run_certificates"].samples} == {
         "issued": 0, "renewed": 1, "failed": 1, "none": 0}
     domains = parse((tmp_path / "metrics" / "linkcert-domains.prom").read_text())
