@@ -2,7 +2,12 @@
 
 import json
 import os
+import socket
+import ssl
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -38,3 +43,93 @@ def edge_addrs():
     """Every test host's address, by inventory name."""
     instances = yaml.safe_load((EPHEMERAL / "instance_config.yml").read_text())
     return {entry["instance"]: entry["address"] for entry in instances}
+
+
+# ------------------------------------------------------------------ the edge's traffic contract, as a client sees it
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def http_get(addr, host, path="/c/123?u=1"):
+    """A plain-HTTP link of ``host`` on the edge at ``addr``: (status, Location, the echo upstream's JSON or None)."""
+    request = urllib.request.Request("http://%s%s" % (addr, path), headers={"Host": host})
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(request, timeout=10) as response:
+            body = response.read()
+            status, location = response.status, response.headers.get("Location")
+    except urllib.error.HTTPError as err:
+        body, status, location = err.read(), err.code, err.headers.get("Location")
+    try:
+        echoed = json.loads(body)
+    except ValueError:
+        echoed = None
+    return status, location, echoed
+
+
+def https_get(addr, host, pebble_root, path="/c/123?u=1"):
+    """The same link over HTTPS with SNI ``host``, verified against Pebble's root: (peer certificate, status, echoed JSON)."""
+    context = ssl.create_default_context(cafile=str(pebble_root))
+    with socket.create_connection((addr, 443), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            cert = tls.getpeercert()
+            tls.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host)).encode())
+            answer = b""
+            while True:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+    head, _sep, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    try:
+        echoed = json.loads(body)
+    except ValueError:
+        echoed = None
+    return cert, status, echoed
+
+
+def tls_refused(addr, host):
+    """True when the edge refuses a TLS handshake for SNI ``host`` (None: no SNI) with an alert, showing no certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((addr, 443), timeout=10) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname=host) as tls:
+                shown = tls.getpeercert(binary_form=True)
+        except ssl.SSLError as exc:
+            # nginx's ssl_reject_handshake answers with an alert (unrecognized_name or handshake_failure)
+            assert "alert" in str(exc).lower() or "unrecognized" in str(exc).lower(), exc
+            return True
+    assert shown is None, "a certificate was shown"
+    return False
+
+
+def wait_until(check, timeout, what, interval=1.0):
+    """Poll ``check()`` until it returns something true (returned) or ``timeout`` seconds pass (the test fails)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail("%s: not within %d s" % (what, timeout))
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def lab_dns(lab):
+    """The scenario's lab DNS, to change a customer's records in the middle of a test."""
+    return labctl.Lab.from_env(lab)
+
+
+@pytest.fixture(scope="module")
+def nodes(edge_addrs):
+    """Every node of the scenario as a testinfra host (the same inventory molecule gives the verifier)."""
+    import testinfra  # noqa: PLC0415 (only the verifier's venv has it)
+
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    return {name: testinfra.get_host("ansible://" + name, ansible_inventory=inventory) for name in edge_addrs}

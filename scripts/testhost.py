@@ -4,10 +4,13 @@ Usage (as root, Python 3.11 standard library only)::
 
     testhost.py root                 build (once) the cached debootstrap root
     testhost.py up NAME              copy the root, boot it with systemd-nspawn, wait for systemd and sshd
-    testhost.py down NAME            power it off, remove its network namespace, veth and directory (idempotent)
+    testhost.py down NAME            power it off, remove its links, network namespace, veth and directory
+                                     (idempotent)
     testhost.py status NAME          show state and addresses (exit 3 unless running)
     testhost.py exec NAME -- CMD...  run CMD inside the host (nsenter into all its namespaces)
     testhost.py inventory NAME       print a YAML inventory host entry for Ansible
+    testhost.py link A B             wire running hosts A and B to each other directly; prints B's address
+    testhost.py unlink A B           remove that link (idempotent; ``down`` removes every link of a host)
 
 How an instance is wired:
 
@@ -28,6 +31,19 @@ How an instance is wired:
   ``nsenter -t <that PID> -a``.
 * Host services the guest needs (the lab's Pebble and DNS) can listen on ``198.18.X.1``
   (``linkcert_lab_host_addr`` in ``status``/``inventory``), e.g. through labctl's ``extra_addrs``.
+* This machine forwards nothing between namespaces, so test hosts cannot reach each other through it.
+  ``link A B`` instead creates a veth pair whose two ends are created directly in ``lc-A`` and
+  ``lc-B`` (nothing in this machine's namespace, not even for a moment), both named ``lk-`` plus
+  12 hex digits of a hash of the two names. It takes a /30 of :data:`LINK_POOL`
+  (198.19.128.0/17, skipping the first /30 of every /24, which is an instance subnet): A gets its
+  first address, B the second; the /30 is on-link, so no route changes. The free /30 is chosen under
+  :data:`NET_LOCK` and must not overlap any instance subnet, any link recorded under ``<base>``, nor
+  any address or route of this machine or of any namespace in ``/run/netns`` (links of other
+  checkouts). Both instances record it in ``<base>/NAME/links.json``:
+  ``{"PEER": {"local_addr": ..., "peer_addr": ..., "subnet": ..., "ifname": ...}}``. ``down`` removes
+  every link of the instance (the records on both sides; deleting one end deletes the pair), so a
+  link never outlives either host. ``status`` shows the links and ``inventory`` has
+  ``linkcert_lab_links: {PEER: peer_addr}``.
 
 Never boot systemd on this machine's own root: only on the copied root under ``<base>``.
 """
@@ -51,7 +67,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 SUITE = "bookworm"
@@ -81,6 +97,10 @@ NET_POOL = ipaddress.ip_network("198.18.0.0/15")
 NET_INDEXES = range(1, 512)
 IFNAMSIZ = 15
 GUEST_IF = "eth0"
+#: Links between two instances (``link A B``): the /30s of 198.19.128.0/17 except the first of each /24
+#: (198.19.X.0/30 is instance subnet X + 256), i.e. 198.19.128.4/30, .8/30 ... 198.19.255.252/30: 8064 links.
+LINK_POOL = ipaddress.ip_network("198.19.128.0/17")
+LINK_PREFIX = "lk-"
 
 #: A boot takes seconds on an idle machine but has taken over a minute on two busy CPUs; the bound only ends a hung boot.
 BOOT_TIMEOUT = float(os.environ.get("LINKCERT_TESTHOST_BOOT_TIMEOUT", "180"))
@@ -150,6 +170,13 @@ def host_ifname(name: str) -> str:
     return f"lch-{name[:IFNAMSIZ - 9].rstrip('-')}-{digest}"
 
 
+def link_ifname(name: str, peer: str) -> str:
+    """``lk-`` plus 12 hex digits of the (unordered) pair: the name of both ends of their link."""
+    first, second = sorted((name, peer))
+    digest = hashlib.sha1(f"{first}\0{second}".encode()).hexdigest()
+    return f"{LINK_PREFIX}{digest[:IFNAMSIZ - len(LINK_PREFIX)]}"
+
+
 #: Shared by every checkout on the machine (subnet allocation); the per-checkout lock is in the base directory.
 NET_LOCK = Path("/run/lock/linkcert-testhost-net.lock")
 
@@ -166,6 +193,28 @@ def _locked(path: Optional[Path] = None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _netns_networks(netns: Optional[str] = None) -> List[ipaddress.IPv4Network]:
+    """Networks of every IPv4 address and every /24-or-longer route of a namespace (default: this machine's).
+
+    Another namespace may vanish while it is read: its errors are ignored, this machine's are not.
+    """
+    ip = ["ip", "-n", netns] if netns else ["ip"]
+    nets: List[ipaddress.IPv4Network] = []
+    for line in _run([*ip, "-4", "-o", "addr", "show"], check=netns is None).stdout.splitlines():
+        words = line.split()
+        with contextlib.suppress(ValueError, IndexError):
+            if "inet" in words:
+                nets.append(ipaddress.ip_interface(words[words.index("inet") + 1]).network)
+    for line in _run([*ip, "-4", "route", "show", "table", "all"], check=netns is None).stdout.splitlines():
+        words = line.split()
+        with contextlib.suppress(ValueError, IndexError):
+            dest = words[1] if words[0] in ("local", "broadcast", "unicast") else words[0]
+            net = ipaddress.ip_network(dest, strict=False)
+            if net.prefixlen >= 24:
+                nets.append(net)
+    return nets
 
 
 def _mounts_under(path: Path) -> List[str]:
@@ -387,6 +436,23 @@ def _ns_pids(pid: int) -> List[str]:
     return []
 
 
+def _instance_subnets() -> set:
+    """Subnets of the instances under the base directory (their ``net.json``)."""
+    used = set()
+    for other in base_dir().glob("*/net.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            used.add(ipaddress.ip_network(json.loads(other.read_text())["subnet"]))
+    return used
+
+
+def _link_candidates() -> Iterator[ipaddress.IPv4Network]:
+    """The /30s of :data:`LINK_POOL`, lowest first, without the first /30 of each /24 (an instance subnet)."""
+    start = int(LINK_POOL.network_address)
+    for offset in range(0, LINK_POOL.num_addresses, 4):
+        if offset % 256:
+            yield ipaddress.ip_network((start + offset, 30))
+
+
 class Instance:
     """One test host: its directory, network and processes."""
 
@@ -398,6 +464,7 @@ class Instance:
         self.pid_file = self.dir / "nspawn.pid"
         self.console = self.dir / "console.log"
         self.net_file = self.dir / "net.json"
+        self.links_file = self.dir / "links.json"
         self.netns = netns_name(name)
         self.host_if = host_ifname(name)
 
@@ -408,6 +475,27 @@ class Instance:
             return json.loads(self.net_file.read_text())
         except (OSError, ValueError):
             raise TestHostError(f"test host {self.name} is not up (no {self.net_file})") from None
+
+    def links(self) -> Dict[str, Dict[str, str]]:
+        """This instance's links: ``{peer: {local_addr, peer_addr, subnet, ifname}}`` (``{}`` if none)."""
+        try:
+            links = json.loads(self.links_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return links if isinstance(links, dict) else {}
+
+    def _write_links(self, links: Dict[str, Dict[str, str]]) -> None:
+        """Replace ``links.json`` atomically (removed when empty); never recreates a removed instance directory."""
+        if not self.dir.is_dir():
+            return
+        if links:
+            _write(self.links_file, json.dumps(links, indent=2, sort_keys=True) + "\n")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.links_file.unlink()
+
+    def is_up(self) -> bool:
+        return self.nspawn_pid() is not None and Path("/run/netns", self.netns).exists() and self.net_file.exists()
 
     def nspawn_pid(self) -> Optional[int]:
         """PID of this instance's systemd-nspawn, if it runs (checked against its command line)."""
@@ -449,22 +537,8 @@ class Instance:
 
     def _allocate_net(self) -> Dict[str, str]:
         """Pick a free 198.18.X.0/30 (lock held): not used by another instance nor by any host address/route."""
-        used = set()
-        for other in base_dir().glob("*/net.json"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                used.add(ipaddress.ip_network(json.loads(other.read_text())["subnet"]))
-        taken = []
-        for line in _run(["ip", "-4", "-o", "addr", "show"]).stdout.splitlines():
-            words = line.split()
-            if "inet" in words:
-                taken.append(ipaddress.ip_interface(words[words.index("inet") + 1]).network)
-        for line in _run(["ip", "-4", "route", "show", "table", "all"]).stdout.splitlines():
-            words = line.split()
-            with contextlib.suppress(ValueError, IndexError):
-                dest = words[1] if words[0] in ("local", "broadcast", "unicast") else words[0]
-                net = ipaddress.ip_network(dest, strict=False)
-                if net.prefixlen >= 24:
-                    taken.append(net)
+        used = _instance_subnets()
+        taken = _netns_networks()
         for index in NET_INDEXES:
             subnet = ipaddress.ip_network((int(NET_POOL.network_address) + index * 256, 30))
             if subnet in used or any(subnet.overlaps(net) for net in taken):
@@ -516,7 +590,7 @@ class Instance:
             net = self.net()
             _log(f"{self.name} is already up at {net['guest_addr']}")
             return net
-        if self.dir.exists() or Path("/run/netns", self.netns).exists():
+        if self.dir.exists() or Path("/run/netns", self.netns).exists() or self._linked_peers():
             _log(f"cleaning up a stale {self.name}")
             self.down(quiet=True)
         for tool in ("systemd-nspawn", "nsenter", "ip", "ssh", "ssh-keygen"):
@@ -608,11 +682,28 @@ class Instance:
         nspawn = self.nspawn_pid()
         if nspawn is not None:
             self._stop(nspawn)
+        # Stopped first: `link` refuses an instance that is not running, so no new link can appear after this.
+        with _locked(NET_LOCK):
+            for peer in self._linked_peers():
+                _remove_link(self, peer, quiet=quiet)
         self._teardown_net()
         _safe_rmtree(self.dir)
         if not quiet:
             _log(f"{self.name} removed" if present else f"{self.name} was not present")
         return present
+
+    def _linked_peers(self) -> List["Instance"]:
+        """Instances linked to this one according to either side's records."""
+        names = set(self.links())
+        for other in base_dir().glob("*/links.json"):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                if self.name in json.loads(other.read_text()):
+                    names.add(other.parent.name)
+        peers = []
+        for name in sorted(names - {self.name}):
+            with contextlib.suppress(TestHostError):  # a hand-edited record with an impossible name
+                peers.append(Instance(name))
+        return peers
 
     def _stop(self, nspawn: int) -> None:
         init = self.init_pid(nspawn)
@@ -658,6 +749,9 @@ class Instance:
                          "subnet": net["subnet"], "netns": net["netns"], "host_if": net["host_if"]})
         if self.key.exists():
             info["ssh_private_key_file"] = str(self.key)
+        if self.dir.exists():
+            info["links"] = {peer: {**record, "state": "up" if _link_present(self.netns, record) else "missing"}
+                             for peer, record in sorted(self.links().items())}
         return info
 
     def inventory(self) -> str:
@@ -669,8 +763,127 @@ class Instance:
             "ansible_ssh_common_args": " ".join(SSH_OPTIONS),
             "ansible_python_interpreter": "/usr/bin/python3",
             "linkcert_lab_host_addr": net["host_addr"],
+            "linkcert_lab_links": {peer: record["peer_addr"] for peer, record in sorted(self.links().items())},
         }
         return f"{self.name}:\n" + "".join(f"  {key}: {json.dumps(val)}\n" for key, val in values.items())
+
+
+# --------------------------------------------------------------------------- links between instances
+
+
+def _link_present(netns: str, record: Dict[str, str]) -> bool:
+    """Whether ``netns`` has the record's interface, up, carrying its local address."""
+    if not Path("/run/netns", netns).exists():
+        return False
+    proc = _run(["ip", "-n", netns, "-4", "-o", "addr", "show", "dev", record.get("ifname", ""), "up"], check=False)
+    subnet = ipaddress.ip_network(record.get("subnet", "0.0.0.0/32"))
+    return proc.returncode == 0 and f" {record.get('local_addr')}/{subnet.prefixlen} " in proc.stdout
+
+
+def _delete_link_if(netns: str, ifname: str) -> bool:
+    """Delete ``ifname`` from ``netns`` if it is there (its veth peer goes with it); return whether it was."""
+    if not ifname.startswith(LINK_PREFIX) or not Path("/run/netns", netns).exists():
+        return False
+    if _run(["ip", "-n", netns, "link", "show", "dev", ifname], check=False).returncode != 0:
+        return False
+    _run(["ip", "-n", netns, "link", "delete", "dev", ifname])
+    return True
+
+
+def _allocate_link() -> ipaddress.IPv4Network:
+    """A free /30 of :data:`LINK_POOL` (:data:`NET_LOCK` held): see the module docstring for what counts as used."""
+    used = _instance_subnets()
+    for other in base_dir().glob("*/links.json"):
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
+            used.update(ipaddress.ip_network(record["subnet"]) for record in json.loads(other.read_text()).values())
+    taken = _netns_networks()
+    with contextlib.suppress(OSError):
+        for netns in sorted(os.listdir("/run/netns")):
+            taken.extend(_netns_networks(netns))
+    for subnet in _link_candidates():
+        if subnet not in used and not any(subnet.overlaps(net) for net in taken):
+            return subnet
+    raise TestHostError(f"no free /30 left for links in {LINK_POOL}")
+
+
+def _pair(name: str, peer: str) -> Tuple[Instance, Instance]:
+    first, second = Instance(name), Instance(peer)
+    if first.name == second.name:
+        raise TestHostError(f"cannot link {name} with itself")
+    return first, second
+
+
+def link(name: str, peer: str) -> Dict[str, str]:
+    """Wire running instances ``name`` and ``peer`` with their own veth pair; return ``name``'s record of it.
+
+    Idempotent: an intact link is left as it is. A half-made one (records or interfaces missing on a side) is
+    removed and made again.
+    """
+    a, b = _pair(name, peer)
+    with _locked(NET_LOCK):
+        for inst in (a, b):
+            if not inst.is_up():
+                raise TestHostError(f"test host {inst.name} is not up (testhost.py up {inst.name}); "
+                                    f"both must run to be linked")
+        ifname = link_ifname(a.name, b.name)
+        mine, theirs = a.links().get(b.name), b.links().get(a.name)
+        if (mine and theirs and mine.get("ifname") == theirs.get("ifname") == ifname
+                and mine.get("subnet") == theirs.get("subnet")
+                and mine.get("local_addr") == theirs.get("peer_addr")
+                and mine.get("peer_addr") == theirs.get("local_addr")
+                and _link_present(a.netns, mine) and _link_present(b.netns, theirs)):
+            _log(f"{a.name} and {b.name} are already linked: {mine['local_addr']} <-> {mine['peer_addr']} "
+                 f"({mine['subnet']}, {ifname})")
+            return mine
+        if mine or theirs:
+            _log(f"repairing the half-made link of {a.name} and {b.name}")
+        _remove_link(a, b, quiet=True)
+        subnet = _allocate_link()
+        addr_a, addr_b = (str(host) for host in subnet.hosts())
+        plen = str(subnet.prefixlen)
+        # Both ends are created right in the instances' namespaces: nothing ever sits in this machine's.
+        _run(["ip", "link", "add", ifname, "netns", a.netns, "type", "veth", "peer", "name", ifname, "netns", b.netns])
+        try:
+            for inst, addr in ((a, addr_a), (b, addr_b)):
+                _run(["ip", "-n", inst.netns, "addr", "add", f"{addr}/{plen}", "dev", ifname])
+                _run(["ip", "-n", inst.netns, "link", "set", "dev", ifname, "up"])
+            mine = {"local_addr": addr_a, "peer_addr": addr_b, "subnet": str(subnet), "ifname": ifname}
+            theirs = {"local_addr": addr_b, "peer_addr": addr_a, "subnet": str(subnet), "ifname": ifname}
+            a._write_links({**a.links(), b.name: mine})
+            b._write_links({**b.links(), a.name: theirs})
+        except BaseException:
+            _remove_link(a, b, quiet=True)
+            raise
+    _log(f"linked {a.name} ({addr_a}) and {b.name} ({addr_b}) over {ifname} ({subnet})")
+    return mine
+
+
+def unlink(name: str, peer: str) -> bool:
+    """Remove the link of ``name`` and ``peer`` (idempotent); return whether anything of it was there."""
+    a, b = _pair(name, peer)
+    with _locked(NET_LOCK):
+        return _remove_link(a, b)
+
+
+def _remove_link(a: Instance, b: Instance, quiet: bool = False) -> bool:
+    """Delete the veth of ``a`` and ``b`` from whichever namespace still has it, and both sides' records.
+
+    Call with :data:`NET_LOCK` held. Either instance may be gone already.
+    """
+    links_a, links_b = a.links(), b.links()
+    ifnames = {link_ifname(a.name, b.name)}
+    ifnames.update(record.get("ifname", "") for record in (links_a.get(b.name), links_b.get(a.name)) if record)
+    found = False
+    for ifname in sorted(ifnames):
+        found = _delete_link_if(a.netns, ifname) or _delete_link_if(b.netns, ifname) or found
+    for inst, links, other in ((a, links_a, b), (b, links_b, a)):
+        if other.name in links:
+            del links[other.name]
+            inst._write_links(links)
+            found = True
+    if not quiet:
+        _log(f"unlinked {a.name} and {b.name}" if found else f"{a.name} and {b.name} were not linked")
+    return found
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
@@ -715,7 +928,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     info = Instance(args.name).status()
     for key, val in info.items():
-        print(f"{key}: {val}")
+        print(f"{key}: {json.dumps(val, sort_keys=True) if isinstance(val, dict) else val}")
     return 0 if info["state"] == "running" else 3
 
 
@@ -736,6 +949,16 @@ def _cmd_inventory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_link(args: argparse.Namespace) -> int:
+    print(link(args.name, args.peer)["peer_addr"])
+    return 0
+
+
+def _cmd_unlink(args: argparse.Namespace) -> int:
+    unlink(args.name, args.peer)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="testhost.py", description="Debian 12 test hosts with systemd as PID 1 "
                                      "(systemd-nspawn on a debootstrapped root, SSH on a 198.18.0.0/15 veth).")
@@ -749,6 +972,13 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("inventory", _cmd_inventory, "print a YAML inventory host entry")):
         cmd = sub.add_parser(name, help=helptext)
         cmd.add_argument("name")
+        cmd.set_defaults(func=func)
+    for name, func, helptext in (("link", _cmd_link, "wire running instances NAME and PEER directly (their own "
+                                  "veth and /30, idempotent); prints PEER's address on it"),
+                                 ("unlink", _cmd_unlink, "remove the link of NAME and PEER (idempotent)")):
+        cmd = sub.add_parser(name, help=helptext)
+        cmd.add_argument("name")
+        cmd.add_argument("peer")
         cmd.set_defaults(func=func)
     run = sub.add_parser("exec", help="run a command inside instance NAME: exec NAME -- CMD...")
     run.add_argument("name")

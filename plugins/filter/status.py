@@ -10,6 +10,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.mailops.linkcert.plugins.module_utils import _status
+from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError
 
 
 def ssl_status(domains, verify_results=None, caa_results=None, acme_results=None):
@@ -42,9 +43,24 @@ def status_report(records, node, verify_results=None, caa_results=None, served_r
     return _status.report_rows(records, str(node), verify_results, caa_results, served_results)
 
 
+def status_with_records(entries, records, names=None):
+    if not isinstance(entries, list) or not isinstance(records, list):
+        raise AnsibleFilterError("status_with_records expects the status entries and domain_status's domains (two lists)")
+    return _status.with_records(entries, records, names)
+
+
+def without_domains(domains, names):
+    if not isinstance(domains, list) or not all(isinstance(d, dict) and d.get("name") for d in domains):
+        raise AnsibleFilterError("without_domains expects a list of dicts with a name, like linkcert_domains")
+    try:
+        return _status.without_domains(domains, names or [])
+    except InputError as exc:
+        raise AnsibleFilterError(str(exc))
+
+
 class FilterModule:
     """linkcert status filters."""
 
     def filters(self):
         return {"ssl_status": ssl_status, "status_table": status_table, "verify_input": verify_input, "acme_input": acme_input,
-                "status_report": status_report}
+                "status_report": status_report, "status_with_records": status_with_records, "without_domains": without_domains}

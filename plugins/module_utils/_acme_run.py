@@ -45,7 +45,7 @@ VALIDATION_FAILURES = frozenset(("acme_unauthorized", "acme_connection", "acme_d
                                  "acme_rejected_identifier"))
 FEATURES_MAX_AGE = datetime.timedelta(days=1)
 # The installed files' paths are kept too, so a play can serve every certificate on record (not only this run's).
-STATE_KEYS = ("domain", "names", "ssl_status", "label", "reason", "message", "remediation", "action", "serial", "issuer",
+STATE_KEYS = ("domain", "names", "ssl_status", "label", "reason", "message", "remediation", "action", "held", "serial", "issuer",
               "not_before", "not_after", "renew_after", "privkey", "cert", "chain", "fullchain")
 
 

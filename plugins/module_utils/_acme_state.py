@@ -77,8 +77,11 @@ def parse_iso(text: str) -> datetime.datetime:
     if sign and not zulu:
         offset = datetime.timedelta(hours=int(off_hours), minutes=int(off_minutes))
         tz = datetime.timezone(-offset if sign == "-" else offset)
-    value = datetime.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz)
-    return value.astimezone(_UTC)
+    try:
+        value = datetime.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz)
+        return value.astimezone(_UTC)
+    except (ValueError, OverflowError) as exc:  # a day or an hour out of range, or a year that leaves datetime's range in UTC
+        raise ValueError("not a valid date-time: %r (%s)" % (text, exc)) from exc
 
 
 def _json_default(value: t.Any) -> t.Any:
@@ -164,27 +167,39 @@ class StateStore:
         the kernel when the holding process exits, so it never goes stale.
         """
         check_domain(domain)
+        with self._lock("%s.lock" % domain, domain, timeout, domain):
+            yield
+
+    @contextlib.contextmanager
+    def lock_edge(self, timeout: float) -> t.Iterator[None]:
+        """Hold the edge's lock (its nginx files and their reload), as :meth:`lock` does for a domain."""
+        with self._lock(".edge.lock", "the edge's nginx files", timeout, None):
+            yield
+
+    @contextlib.contextmanager
+    def _lock(self, file_name: str, what: str, timeout: float, domain: t.Optional[str]) -> t.Iterator[None]:
         self._ensure_root()
         lock_dir = self.root / ".locks"
-        lock_path = lock_dir / ("%s.lock" % domain)
+        lock_path = lock_dir / file_name
+        item = domain or str(lock_path)
         try:
             _make_dir(lock_dir, PRIVATE_DIR_MODE)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as exc:
-            raise LinkcertError("cannot open the lock file %s: %s" % (lock_path, os_error_text(exc)), item=domain, reason="lock_failed") from exc
+            raise LinkcertError("cannot open the lock file %s: %s" % (lock_path, os_error_text(exc)), item=item, reason="lock_failed") from exc
         try:
             try:
                 taken = flock_within(fd, timeout, LOCK_POLL_INTERVAL)
             except OSError as exc:
-                raise LinkcertError("cannot lock %s: %s" % (lock_path, os_error_text(exc)), item=domain, reason="lock_failed") from exc
+                raise LinkcertError("cannot lock %s: %s" % (lock_path, os_error_text(exc)), item=item, reason="lock_failed") from exc
             if not taken:
                 holder = lock_holder(fd)
                 raise LinkcertError("another run holds the lock for %s (%s%s); gave up after %.1f s"
-                                    % (domain, lock_path, ", process %s" % holder if holder else "", timeout),
-                                    item=domain, reason="locked")
+                                    % (what, lock_path, ", process %s" % holder if holder else "", timeout),
+                                    item=item, reason="locked")
             killed = bool(lock_holder(fd))
             set_lock_holder(fd, os.getpid())
-            if killed:
+            if killed and domain is not None:
                 self._remove_leftovers(domain)
             try:
                 yield

@@ -11,9 +11,11 @@ Files in the metrics directory (node_exporter reads every ``*.prom`` there):
 
 ``linkcert-domains.prom``
     Per domain on record (every state file, not only the run's domains): certificate expiry, last success
-    and attempt, status, consecutive failures, the expiry guard.  Rewritten from the state files by every
-    writer (the certificate role and the renewal timer), so it always shows the state as the last of them
-    found it; the state files are the one source of truth, never this file.
+    and attempt, status, consecutive failures, the expiry guard; for a domain not issued yet that the
+    pending watcher checks (its ``watch``), the next check, the checks so far and whether it gave up.
+    Rewritten from the state files by every writer (the certificate role and the renewal timer), so it
+    always shows the state as the last of them found it; the state files are the one source of truth,
+    never this file.
 ``linkcert-run-JOB.prom`` (JOB: onboard, renew, timer)
     The last run of that job: duration, success, when it finished, certificates by action.  Each job
     writes only its own file, so a timer run never erases the last onboarding run and the other way round.
@@ -62,6 +64,13 @@ DOMAIN_FAMILIES = (
      "1 when the installed certificate is in the last tenth of its lifetime (or expired), so it is not renewing; 0 otherwise."),
     ("linkcert_domain_status", "The domain's SSL status (issued: SSL Issued, pending: SSL Pending, unknown: SSL Unknown): 1 for the current one."),
     ("linkcert_domain_info", "Always 1; the labels give the domain's status label, reason, last action and certificate serial."),
+    ("linkcert_domain_next_check_timestamp_seconds",
+     "When the pending watcher next checks the domain (not issued yet), in seconds since the epoch; absent once it gave up."),
+    ("linkcert_domain_check_attempts",
+     "Checks of the domain by the pending watcher since it was first found not issued (Verify Now starts the count over)."),
+    ("linkcert_domain_watch_stopped",
+     "1 when the pending watcher gave up on the domain (not issued for too long: no longer checked on its own until it is "
+     "verified again); 0 while it checks it."),
 )
 RUN_FAMILIES = (
     ("linkcert_run_duration_seconds", "How long the last run of the job took, in seconds."),
@@ -108,7 +117,7 @@ def _epoch(text: t.Any) -> t.Optional[float]:
         return None
     try:
         return parse_iso(str(text)).timestamp()
-    except ValueError:
+    except (OverflowError, ValueError):  # not a time, or one that is not a time in UTC (year 1 or 9999 with an offset)
         return None
 
 
@@ -180,6 +189,16 @@ def _domain_samples(records: t.Sequence[t.Mapping[str, t.Any]], node: str, now: 
         info = base + (("label", entry.get("label") or _status.LABELS[status]), ("reason", entry.get("reason") or ""),
                        ("action", entry.get("action") or "none"), ("serial", entry.get("serial") or ""))
         samples["linkcert_domain_info"].append((info, 1))
+        watch = entry.get("watch")
+        if status != _status.ISSUED and isinstance(watch, t.Mapping):  # only a domain the watcher checks, or checked
+            stopped = bool(watch.get("stopped"))
+            next_check = None if stopped else _epoch(watch.get("next_check"))
+            if next_check is not None:
+                samples["linkcert_domain_next_check_timestamp_seconds"].append((base, next_check))
+            attempts = watch.get("attempts")
+            if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 0:
+                samples["linkcert_domain_check_attempts"].append((base, attempts))
+            samples["linkcert_domain_watch_stopped"].append((base, 1 if stopped else 0))
     return samples
 
 

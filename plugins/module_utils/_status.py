@@ -18,6 +18,7 @@ import typing as t
 
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_renewal import CLOCK_SKEW_TOLERANCE
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_state import parse_iso
+from ansible_collections.mailops.linkcert.plugins.module_utils._names import normalize_domain
 
 ISSUED = "issued"
 PENDING = "pending"
@@ -245,7 +246,39 @@ def report_rows(records: t.Sequence[t.Mapping[str, t.Any]], node: str, verify_re
 
 
 def table(entries: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
-    """Aligned lines under a header: domain, label, detail (expiry and next renewal, or reason and the record to publish)."""
+    """Aligned lines under a header: domain, label, detail (expiry and next renewal, or reason and the record to publish).
+
+    A domain not issued yet that the pending watcher checks (its ``watch``) says when it is checked next and how often
+    it was (``; next check 2026-12-04 10:08 UTC (3 checks since 2026-12-04 10:00 UTC)``), or that it is no longer
+    checked on its own (``; not checked on its own since 2027-01-03 10:00 UTC (after 40 checks): verify it again``).
+    Times are shown in UTC (the table has no clock); an unreadable one, or a count that is not a non-negative whole
+    number, is left out.
+    """
+
+    def shown(value: t.Any) -> t.Optional[str]:
+        try:
+            when = _when(value)
+        except OverflowError:  # a time that is none in UTC (year 1 or 9999 with an offset)
+            return None
+        return when.strftime("%Y-%m-%d %H:%M UTC") if when is not None else None
+
+    def watched(watch: t.Any) -> str:
+        if not isinstance(watch, t.Mapping):
+            return ""
+        attempts = watch.get("attempts")
+        count = attempts if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 0 else None
+        checks = None if count is None else "%d check%s" % (count, "" if count == 1 else "s")
+        if watch.get("stopped"):
+            stopped = shown(watch["stopped"])
+            return "; not checked on its own%s%s: verify it again" % (
+                " since %s" % stopped if stopped else "", " (after %s)" % checks if checks else "")
+        next_check = shown(watch.get("next_check"))
+        if next_check is None:
+            return ""
+        since = shown(watch.get("since"))
+        so_far = " ".join(part for part in (checks or ("checked" if since else ""), "since %s" % since if since else "") if part)
+        return "; next check %s%s" % (next_check, " (%s)" % so_far if so_far else "")
+
     if not entries:
         return ["(no domains)"]
     width = max([len(str(e["domain"])) for e in entries] + [len("DOMAIN")])
@@ -269,8 +302,39 @@ def table(entries: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
                 detail += ": %s" % entry["message"]
             elif entry.get("dns_issues"):
                 detail += " (%d other DNS record(s) to fix)" % len(entry["dns_issues"])
+        if entry.get("ssl_status") != ISSUED:
+            detail += watched(entry.get("watch"))
         if entry.get("expiring"):
             detail += "  ALERT: %s" % expiry_alert(entry)
         node = ("  [%s]" % entry["node"]) if entry.get("node") else ""
         lines.append("%s  %-11s  %s%s" % (str(entry["domain"]).ljust(width), entry.get("label", ""), detail, node))
     return lines
+
+
+def with_records(entries: t.Sequence[t.Mapping[str, t.Any]], records: t.Sequence[t.Mapping[str, t.Any]],
+                 names: t.Optional[t.Sequence[str]] = None) -> t.List[t.Dict[str, t.Any]]:
+    """This run's status entries with what their records on the edge add (the pending watcher's ``watch``), and, for
+    each of ``names`` this run did not check (a pending domain whose next check has not come), its record as it is.
+
+    In the order of ``names`` (normalised domains) when given, else of ``entries``."""
+    by_entry, by_record = _index(entries, "domain"), _index(records, "domain")
+    order = list(names) if names is not None else [str(e["domain"]) for e in entries]
+    result = []
+    for name in order:
+        entry, found = by_entry.get(name), by_record.get(name)
+        if entry is not None:
+            item = dict(entry)
+            if found is not None and found.get("watch") is not None:
+                item["watch"] = found["watch"]
+                if found["watch"].get("stopped") and found.get("reason") == "watch_stopped":  # the watcher gave up: say so
+                    item.update({key: found.get(key) for key in ("ssl_status", "label", "reason", "message")})
+            result.append(item)
+        elif found is not None:
+            result.append(dict(found))
+    return with_alerts(result)
+
+
+def without_domains(domains: t.Sequence[t.Mapping[str, t.Any]], names: t.Iterable[str]) -> t.List[t.Mapping[str, t.Any]]:
+    """``linkcert_domains`` entries except those whose name (normalised) is one of ``names``."""
+    skip = {normalize_domain(name, what="names item") for name in names}
+    return [entry for entry in domains if normalize_domain(entry.get("name"), what="domain name") not in skip]

@@ -7,8 +7,9 @@
 
 """The status page: one self-contained HTML file for support staff.
 
-One row per domain and edge node with its label, reason, the record to fix, expiry, next renewal
-and alerts; sortable, filterable, readable on a phone (rows become cards under 640px) and printable.
+One row per domain and edge node with its label, reason, the record to fix, when the pending watcher
+checks a domain not issued yet again (or that it stopped checking it), expiry, next renewal and
+alerts; sortable, filterable, readable on a phone (rows become cards under 640px) and printable.
 Everything is inline (CSS, JS, the data) and a Content-Security-Policy forbids loading anything
 else, so the page works offline and can be mailed or attached to a ticket.
 
@@ -42,6 +43,7 @@ COLUMNS = (
     ("node", "Node"),
     ("reason", "Reason"),
     ("remediation", "Record to fix"),
+    ("next_check", "Next check"),
     ("not_after", "Expires"),
     ("renew_after", "Next renewal"),
     ("alerts", "Alerts"),
@@ -76,7 +78,8 @@ def script_json(value: t.Any) -> str:
 
 
 def parse_time(value: t.Any) -> t.Optional[datetime.datetime]:
-    """An ISO 8601 time (``Z`` or an offset; none means UTC) as an aware datetime, None if it is not one."""
+    """An ISO 8601 time (``Z`` or an offset; none means UTC) as an aware datetime in UTC, None if it is not one (or is
+    none in UTC: year 1 or 9999 with an offset)."""
     if isinstance(value, datetime.datetime):
         when = value
     else:
@@ -87,7 +90,10 @@ def parse_time(value: t.Any) -> t.Optional[datetime.datetime]:
             when = datetime.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
         except ValueError:
             return None
-    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
+    try:
+        return (when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)).astimezone(datetime.timezone.utc)
+    except OverflowError:
+        return None
 
 
 def _epoch(when: t.Optional[datetime.datetime]) -> t.Optional[int]:
@@ -123,6 +129,12 @@ def _alerts(row: t.Mapping[str, t.Any]) -> t.List[str]:
     return [_text(a) for a in alerts if _text(a)]
 
 
+def _time_html(utc: datetime.datetime) -> str:
+    """A time (in UTC) as a <time> element: the day and the clock, each kept on one line."""
+    shown = '<span class="nw">%s</span> <span class="nw">%s</span>' % (utc.strftime("%Y-%m-%d"), utc.strftime("%H:%M UTC"))
+    return '<time datetime="%s">%s</time>' % (esc(utc.strftime("%Y-%m-%dT%H:%M:%SZ")), shown)
+
+
 def _time_cell(value: t.Any, now: t.Optional[datetime.datetime], past: str) -> t.Tuple[str, t.Optional[int]]:
     """The cell's HTML for a time and its sort key (seconds since the epoch, None when there is no valid time)."""
     when = parse_time(value)
@@ -130,12 +142,43 @@ def _time_cell(value: t.Any, now: t.Optional[datetime.datetime], past: str) -> t
         raw = _text(value)
         return (esc(raw) if raw else NONE), None
     utc = when.astimezone(datetime.timezone.utc)
-    shown = '<span class="nw">%s</span> <span class="nw">%s</span>' % (utc.strftime("%Y-%m-%d"), utc.strftime("%H:%M UTC"))
     relative = _relative(utc, now, past)
-    cell = '<time datetime="%s">%s</time>' % (esc(utc.strftime("%Y-%m-%dT%H:%M:%SZ")), shown)
+    cell = _time_html(utc)
     if relative:
         cell += ' <span class="rel">(%s)</span>' % esc(relative)
     return cell, _epoch(utc)
+
+
+def _checks(watch: t.Mapping[str, t.Any]) -> t.Optional[int]:
+    """The watch's number of checks so far: a non-negative int (not a bool), else None."""
+    attempts = watch.get("attempts")
+    return attempts if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 0 else None
+
+
+def _next_check_cell(row: t.Mapping[str, t.Any], status: str, now: t.Optional[datetime.datetime]) -> t.Tuple[str, t.Optional[int]]:
+    """The pending watcher's cell of a domain not issued yet and its sort key (the next check, seconds since the epoch).
+
+    ``watch`` is ``{since, attempts, last_check, next_check, stopped}`` from the state file: the next check (relative to
+    the page's time) and the checks so far, or ``stopped`` (since when, after how many checks) once the watcher gave up.
+    A time that is not one and a count that is not a non-negative int are left out (the record is a file on disk)."""
+    watch = row.get("watch")
+    if status == ISSUED or not isinstance(watch, t.Mapping):
+        return NONE, None
+    checks = _checks(watch)
+    if watch.get("stopped"):
+        stopped = parse_time(watch.get("stopped"))
+        cell = '<strong class="stopped">stopped</strong>'
+        if stopped is not None:
+            cell += ' <span class="since">since %s</span>' % _time_html(stopped.astimezone(datetime.timezone.utc))
+        if checks is not None:
+            cell += '<span class="checks">after %d check%s</span>' % (checks, "" if checks == 1 else "s")
+        return cell, None
+    if parse_time(watch.get("next_check")) is None:
+        return NONE, None
+    cell, key = _time_cell(watch.get("next_check"), now, "due {} ago")
+    if checks is not None:
+        cell += '<span class="checks">%d check%s so far</span>' % (checks, "" if checks == 1 else "s")
+    return cell, key
 
 
 def _row(index: int, row: t.Mapping[str, t.Any], now: t.Optional[datetime.datetime]) -> t.Tuple[str, t.Dict[str, t.Any]]:
@@ -148,6 +191,7 @@ def _row(index: int, row: t.Mapping[str, t.Any], now: t.Optional[datetime.dateti
     alerts = _alerts(row)
     expires, expires_key = _time_cell(row.get("not_after"), now, "expired {} ago")
     renews, renews_key = _time_cell(row.get("renew_after"), now, "due {} ago")
+    next_check, next_check_key = _next_check_cell(row, status, now)
 
     details = []
     if message:
@@ -173,6 +217,7 @@ def _row(index: int, row: t.Mapping[str, t.Any], now: t.Optional[datetime.dateti
         "node": esc(node) if node else NONE,
         "reason": reason_cell,
         "remediation": fix_cell,
+        "next_check": next_check,
         "not_after": expires,
         "renew_after": renews,
         "alerts": alert_cell,
@@ -184,7 +229,7 @@ def _row(index: int, row: t.Mapping[str, t.Any], now: t.Optional[datetime.dateti
     data = {
         "i": index, "status": status, "alerts": len(alerts), "text": " ".join([domain, node, reason]),
         "k": {"status": RANK[status], "domain": domain, "node": node, "reason": reason, "remediation": remediation,
-              "not_after": expires_key, "renew_after": renews_key, "alerts": len(alerts)},
+              "next_check": next_check_key, "not_after": expires_key, "renew_after": renews_key, "alerts": len(alerts)},
     }
     return html_row, data
 
@@ -205,17 +250,17 @@ h1{font-size:1.4em;margin:0 0 4px}
 .counter{color:var(--muted);margin:0 0 8px}
 .narrow-only{display:none}
 .table-wrap{overflow-x:auto}
-table{border-collapse:collapse;width:100%;min-width:58em;table-layout:fixed}
+table{border-collapse:collapse;width:100%;min-width:72em;table-layout:fixed}
 th,td{text-align:left;vertical-align:top;padding:6px 8px;border-bottom:1px solid var(--line);overflow-wrap:anywhere}
 th{background:#f6f8fa}
 th.c-status{width:10em}
-th.c-domain{width:15%}
-th.c-node{width:6em}
-th.c-reason{width:11%}
-th.c-not_after,th.c-renew_after{width:9em}
-th.c-alerts{width:16%}
+th.c-domain{width:14%}
+th.c-node{width:5.5em}
+th.c-reason{width:10%}
+th.c-next_check,th.c-not_after,th.c-renew_after{width:8em}
+th.c-alerts{width:13%}
 .nw{white-space:nowrap}
-.rel{display:block}
+.rel,.checks{display:block}
 th button{font:inherit;font-weight:600;color:inherit;background:none;border:0;padding:0;cursor:pointer}
 th button::after{content:"";color:var(--muted)}
 th[aria-sort=ascending] button::after{content:" \\25B2"}
@@ -231,8 +276,9 @@ tr.has-alerts td:first-child{box-shadow:inset 4px 0 0 var(--alert-line)}
 .badge-pending::before{content:"\\2026  "}
 .badge-unknown::before{content:"?  "}
 .domain{font-weight:600}
-.none,.rel{color:var(--muted)}
-.rel{font-size:.9em}
+.none,.rel,.checks{color:var(--muted)}
+.rel,.checks{font-size:.9em}
+.stopped{color:#a40e26}
 code{font:.9em/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 code.fix{display:block;white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f8fa;border:1px solid var(--line);border-radius:4px;padding:2px 6px}
 .rec{display:block}
@@ -365,6 +411,7 @@ SORT_OPTIONS = (
     ("not_after:asc", "Expires (soonest first)"),
     ("not_after:desc", "Expires (latest first)"),
     ("renew_after:asc", "Next renewal (soonest first)"),
+    ("next_check:asc", "Next check (soonest first)"),
     ("alerts:desc", "Alerts (most first)"),
 )
 
@@ -376,8 +423,9 @@ def render(rows: t.Sequence[t.Mapping[str, t.Any]], generated_at: str, title: st
     else counts as unknown), ``label`` (the badge is always worded from ``ssl_status``, so badge, counts
     and the status filter agree), ``reason``, ``message``, ``remediation`` (one record per line),
     ``not_after`` and ``renew_after`` (ISO 8601, UTC when no offset is given), ``serial``,
-    ``served_serial`` and ``alerts`` (a list of strings). Times are shown in UTC and relative to
-    ``generated_at``.
+    ``served_serial``, ``alerts`` (a list of strings) and ``watch`` (the pending watcher's
+    ``{since, attempts, next_check, stopped}``, shown for rows not issued). Times are shown in UTC and
+    relative to ``generated_at``.
     """
     now = parse_time(generated_at)
     rendered = [_row(index, row, now) for index, row in enumerate(rows)]

@@ -60,6 +60,43 @@ options:
         to this task, so a host clock that is off does not distort it.
       - When omitted, the run's duration is left out of the metrics.
     type: float
+  watch:
+    description:
+      - The pending watcher's schedule (C(linkcert_pending_*)). Each domain in O(statuses) that is not issued counts as
+        checked now, and its next check is recorded in its state file (C(watch)). The renewal role's watcher checks it
+        again then, and issues its certificate once DNS and CAA are right.
+      - After the give-up age the domain is recorded as SSL Unknown, reason C(watch_stopped), and no longer checked on its own.
+      - The watch is bookkeeping, like the metrics; it never makes the task changed.
+    type: dict
+    suboptions:
+      backoff:
+        description: Seconds after the first check at which the domain is checked again.
+        type: list
+        elements: int
+        default: [60, 120, 300, 600, 1800]
+      hourly:
+        description: Seconds between checks after the backoff, while the domain has been pending less than O(watch.first_day).
+        type: int
+        default: 3600
+      first_day:
+        description: Seconds of pending after which checks come every O(watch.later) seconds.
+        type: int
+        default: 86400
+      later:
+        description: Seconds between checks after the first day.
+        type: int
+        default: 21600
+      give_up_days:
+        description: Days of pending after which the domain is no longer checked on its own (C(linkcert_pending_give_up_days)).
+        type: float
+        default: 30
+  watch_reset:
+    description:
+      - Domains whose watch starts over with this check (Verify Now). It counts as their first check, and a watch that
+        had stopped starts again.
+    type: list
+    elements: str
+    default: []
   dns_checked:
     description:
       - The O(statuses) come from a DNS routing and CAA check made in this run (the certificate role's). Their time is
@@ -101,11 +138,19 @@ updated:
 domains:
   description:
     - Every domain's state (the content of its state file, without the failure history), sorted by domain.
+    - A domain the pending watcher checks has C(watch) (C(since), C(attempts), C(last_check), C(next_check), C(stopped)).
     - The failure history is summed up as C(failed_recently) (failures on record) and C(consecutive_failures) (failures since
       the last success).
   returned: always
   type: list
   elements: dict
+not_due:
+  description:
+    - The domains the pending watcher would not check now (their next check has not come, or the watcher stopped), on this
+      host's clock. C(renew.yml) leaves them out of its DNS check.
+  returned: always
+  type: list
+  elements: str
 metrics_files:
   description: The metrics files written (none in check mode, without O(metrics_dir), or when they could not be written).
   returned: always
@@ -120,7 +165,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.mailops.linkcert.plugins.module_utils import _drift, _metrics
+from ansible_collections.mailops.linkcert.plugins.module_utils import _drift, _metrics, _watch
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_state import StateStore
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError, LinkcertError
 from ansible_collections.mailops.linkcert.plugins.module_utils._names import normalize_domain
@@ -170,24 +215,37 @@ def main():
             "metrics_node": {"type": "str"},
             "run_duration": {"type": "float"},
             "dns_checked": {"type": "bool", "default": False},
+            "watch": {"type": "dict", "options": {
+                "backoff": {"type": "list", "elements": "int", "default": list(_watch.DEFAULT_BACKOFF)},
+                "hourly": {"type": "int", "default": _watch.DEFAULT_HOURLY},
+                "first_day": {"type": "int", "default": _watch.DEFAULT_FIRST_DAY},
+                "later": {"type": "int", "default": _watch.DEFAULT_LATER},
+                "give_up_days": {"type": "float", "default": _watch.DEFAULT_GIVE_UP_DAYS},
+            }},
+            "watch_reset": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
     updated = []
+    now = datetime.datetime.now(datetime.timezone.utc)
     try:
+        schedule = _watch.schedule_from(module.params["watch"]) if module.params["watch"] is not None else None
+        reset = {normalize_domain(name, what="watch_reset[%d]" % index) for index, name in enumerate(module.params["watch_reset"], start=1)}
         if module.params["statuses"] is not None:
             entries = _entries(module.params["statuses"])
             store = StateStore(module.params["state_root"])
             for domain, fields in entries:
                 current = store.load(domain)
-                wanted = dict(current, domain=domain, **fields)
+                wanted = _with_watch(domain, current, fields, now, schedule, domain in reset)
                 if wanted == current:
                     continue
-                updated.append(domain)
+                # The watch's bookkeeping (when the domain was checked) is no change; a new status is.
+                if any(current.get(key) != wanted.get(key) for key in FIELDS):
+                    updated.append(domain)
                 if not module.check_mode:
                     with store.lock(domain, timeout=30.0):
                         latest = store.load(domain)
-                        store.save(domain, dict(latest, domain=domain, **fields))
+                        store.save(domain, _with_watch(domain, latest, fields, now, schedule, domain in reset))
         records = _metrics.read_records(module.params["state_root"])
     except LinkcertError as exc:
         exc.fail(module)
@@ -197,8 +255,22 @@ def main():
             _drift.record_checked(module.params["state_root"], [domain for domain, _fields in entries], datetime.datetime.now(datetime.timezone.utc))
         except LinkcertError as exc:
             module.warn("The time of the DNS check was not recorded: %s" % exc.msg)
-    # The metrics files are bookkeeping: only the state files count as a change.
-    module.exit_json(changed=bool(updated), updated=updated, domains=records, metrics_files=metrics_files)
+    not_due = [r["domain"] for r in records if not r.get("serial") and r.get("ssl_status") != "issued"
+               and r.get("watch") is not None and not _watch.due(r.get("watch"), now)]
+    module.exit_json(changed=bool(updated), updated=updated, domains=records, not_due=not_due, metrics_files=metrics_files)
+
+
+def _with_watch(domain, state, fields, now, schedule, reset_first):
+    """The state file with this status (and, with a schedule, the watch after this check)."""
+    wanted = dict(state, domain=domain, **fields)
+    if schedule is None:
+        return wanted
+    status, watch = _watch.after_check(state, fields, now, schedule, reset_first)
+    wanted.update(status)
+    wanted["watch"] = watch
+    if watch is None and "watch" not in state:
+        del wanted["watch"]
+    return wanted
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The status page in a real browser (Debian's chromium, headless, through chromedriver and Selenium).
 
-Renders a page with twelve rows on two nodes (mixed statuses, alerts, hostile strings), opens it from a
-file:// URL and drives it: nothing is fetched, nothing is logged, nothing injected runs; filters, the
-counter and the date sort work; on a phone the rows are cards and nothing overflows. Screenshots
+Renders a page with twelve rows on two nodes (mixed statuses, alerts, hostile strings, the pending watcher's
+next checks), opens it from a file:// URL and drives it: nothing is fetched, nothing is logged, nothing
+injected runs; filters, the counter and the date sorts work; on a phone the rows are cards and nothing overflows. Screenshots
 (desktop and phone) and the page go to $LINKCERT_ARTIFACTS, else tests/output/artifacts/.
 """
 
@@ -53,16 +53,22 @@ ROWS = [
         renew_after="2026-11-05T08:00:00Z", alerts=["the certificate expires in 4 day(s) (2026-12-05T08:00:00Z), in the last "
                                                     "tenth of its lifetime, and has not been renewed"]),
     row("edge-a", "t.charlie.example", "pending", "awaiting_issuance", "DNS routes t.charlie.example to the edge."),
-    row("edge-a", "go.delta.example", "unknown", "dns_not_ready", "go.delta.example has no CNAME.", CNAME_FIX),
+    row("edge-a", "go.delta.example", "unknown", "dns_not_ready", "go.delta.example has no CNAME.", CNAME_FIX,
+        watch={"since": "2026-12-01T01:40:00Z", "attempts": 4, "last_check": "2026-12-01T01:58:00Z", "next_check": "2026-12-01T02:08:00Z",
+               "stopped": None}),
     row("edge-a", "email.echo.example", "pending", "dns_drift", "DNS changed after the certificate was issued: "
         "the CNAME of email.echo.example points to " + HOSTILE_TEXT, "email.echo.example. CNAME edge.mailops.example.\n"
         'echo.example. CAA 0 issue "letsencrypt.org"', not_after="2027-01-15T00:00:00Z", renew_after="2026-12-16T00:00:00Z"),
-    row("edge-a", HOSTILE_DOMAIN, "unknown", "caa_blocked", HOSTILE_TEXT, 'evil.example. CAA 0 issue "' + HOSTILE_TEXT + '"'),
+    row("edge-a", HOSTILE_DOMAIN, "unknown", "watch_stopped", HOSTILE_TEXT, 'evil.example. CAA 0 issue "' + HOSTILE_TEXT + '"',
+        watch={"since": HOSTILE_TEXT, "attempts": 151, "last_check": "2026-11-29T06:00:00Z", "next_check": None,
+               "stopped": "2026-11-29T06:00:00Z"}),
     row("edge-b", "links.alpha.example", "issued", "issued", "Certificate issued.", not_after="2027-03-01T00:00:00Z",
         renew_after="2027-01-30T00:00:00Z"),
     row("edge-b", "click.bravo.example", "issued", "issued", "Certificate issued.", not_after="2027-01-10T12:00:00Z",
         renew_after="2026-12-11T12:00:00Z"),
-    row("edge-b", "t.charlie.example", "pending", "awaiting_issuance", "Not issued yet."),
+    row("edge-b", "t.charlie.example", "pending", "awaiting_issuance", "Not issued yet.",
+        watch={"since": "2026-11-30T08:00:00Z", "attempts": 20, "last_check": "2026-12-01T01:00:00Z", "next_check": "2026-12-01T07:00:00Z",
+               "stopped": None}),
     row("edge-b", "go.delta.example", "unknown", "dns_not_ready", "go.delta.example has no CNAME.", CNAME_FIX),
     row("edge-b", "news.foxtrot.example", "issued", "issued", "Certificate issued.", not_after="2026-12-25T00:00:00Z",
         renew_after="2026-11-25T00:00:00Z"),
@@ -256,6 +262,24 @@ def test_sort_by_expiry(opened):
     assert domains == sorted(domains, key=str.lower)
 
 
+def test_next_check_shown_and_sorted(opened):
+    driver = opened
+    cells = driver.execute_script("return Array.from(document.querySelectorAll('#rows tr[data-i]')).map(function (tr) {"
+                                  " return tr.querySelector('.c-next_check').innerText; });")
+    assert cells[3] == "2026-12-01 02:08 UTC\n(in less than an hour)\n4 checks so far"
+    assert cells[5] == "stopped since 2026-11-29 06:00 UTC\nafter 151 checks"
+    assert cells[8] == "2026-12-01 07:00 UTC\n(in 5 hours)\n20 checks so far"
+    assert [i for i, cell in enumerate(cells) if cell != "-"] == [3, 5, 8]
+    header = driver.find_element("css selector", 'th[data-key="next_check"]')
+    header.find_element("tag name", "button").click()
+    assert header.get_attribute("aria-sort") == "ascending"
+    # The next checks soonest first; the stopped watch and the rows without one after them, in input order.
+    assert visible_keys(driver) == [KEYS[3], KEYS[8]] + [k for i, k in enumerate(KEYS) if i not in (3, 8)]
+    header.find_element("tag name", "button").click()
+    assert visible_keys(driver) == [KEYS[8], KEYS[3]] + [k for i, k in enumerate(KEYS) if i not in (3, 8)]
+    assert driver.execute_script("return window.pwned === undefined;")
+
+
 def test_phone_layout(opened):
     driver = opened
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
@@ -282,6 +306,8 @@ def test_phone_layout(opened):
         Select(driver.find_element("id", "sort-select")).select_by_value("not_after:asc")
         dated = sorted((r for r in ROWS if r["not_after"]), key=lambda r: r["not_after"])
         assert visible_keys(driver)[:len(dated)] == [(r["domain"], r["node"]) for r in dated]
+        Select(driver.find_element("id", "sort-select")).select_by_value("next_check:asc")
+        assert visible_keys(driver)[:2] == [KEYS[3], KEYS[8]]
         Select(driver.find_element("id", "sort-select")).select_by_value("i:asc")
         assert visible_keys(driver) == KEYS
         driver.get_screenshot_as_file(str(artifacts_dir() / "status-page-phone.png"))  # the first screen

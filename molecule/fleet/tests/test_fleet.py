@@ -5,7 +5,6 @@ Runs after converge, idempotence and check mode, so the order count below covers
 
 import hashlib
 import json
-import os
 import re
 import socket
 import ssl
@@ -13,7 +12,6 @@ import urllib.request
 
 import josepy
 import pytest
-import testinfra
 from cryptography.hazmat.primitives import hashes, serialization
 
 from conftest import EPHEMERAL
@@ -59,13 +57,6 @@ def test_each_certificate_was_ordered_once_for_the_fleet(edge_addrs, pebble_root
         assert len(served) == 1 and served <= set(issued), (domain, served)
 
 
-@pytest.fixture(scope="module")
-def nodes(edge_addrs):
-    """Every node of the fleet as a testinfra host (the same inventory molecule gives the verifier)."""
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    return {name: testinfra.get_host("ansible://" + name, ansible_inventory=inventory) for name in edge_addrs}
-
-
 def private_file_digests(nodes, path):
     """SHA-256 of ``path`` on every node, after checking it is 0600 and owned by root."""
     digests = set()
@@ -101,10 +92,20 @@ def test_every_node_answers_any_token_with_the_fleet_thumbprint(nodes, edge_addr
     assert answers == {"tok-123_abc." + account_thumbprint(nodes[ISSUER])}
 
 
-def test_only_the_issuer_runs_the_renewal_timer(host):
-    active = host.run("systemctl is-active linkcert-renew.timer").stdout.strip()
-    enabled = host.run("systemctl is-enabled linkcert-renew.timer").stdout.strip()
+@pytest.mark.parametrize("timer", ["linkcert-renew.timer", "linkcert-watch.timer"])
+def test_only_the_issuer_runs_the_renewal_and_watch_timers(host, timer):
+    active = host.run("systemctl is-active %s", timer).stdout.strip()
+    enabled = host.run("systemctl is-enabled %s", timer).stdout.strip()
     if name_of(host) == ISSUER:
         assert (active, enabled) == ("active", "enabled")
     else:
         assert active != "active" and enabled != "enabled"
+
+
+def test_the_other_node_accepts_the_issuers_push_key_for_the_receiving_command_only(host):
+    if name_of(host) == ISSUER:
+        assert host.file("/etc/linkcert/fleet/id_ed25519").mode == 0o600
+        assert host.file("/etc/linkcert/fleet/known_hosts").contains("ssh-ed25519")
+        return
+    entries = [line for line in host.file("/root/.ssh/authorized_keys").content_string.splitlines() if "linkcert-fleet-push@" in line]
+    assert len(entries) == 1 and entries[0].startswith('restrict,command="/usr/local/bin/linkcert-renew --receive" ssh-ed25519 '), entries

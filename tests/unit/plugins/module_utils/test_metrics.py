@@ -114,6 +114,83 @@ def test_every_family_parses_with_help_and_type_even_without_samples():
     assert not any(empty[name].samples for name, _help in _metrics.DOMAIN_FAMILIES)
 
 
+WATCH_FAMILIES = ("linkcert_domain_next_check_timestamp_seconds", "linkcert_domain_check_attempts", "linkcert_domain_watch_stopped")
+
+
+def not_issued(**extra: t.Any) -> t.Dict[str, t.Any]:
+    """A domain onboarded whose CNAME is not published yet, checked by the pending watcher."""
+    state = {"domain": DOMAIN, "ssl_status": "unknown", "label": "SSL Unknown", "reason": "dns_not_ready",
+             "watch": {"since": at(-1), "attempts": 25, "last_check": at(-1 / 24), "next_check": at(0.25), "stopped": None}}
+    state.update(extra)
+    return state
+
+
+def watch(**extra: t.Any) -> t.Dict[str, t.Any]:
+    found = dict(not_issued()["watch"])
+    found.update(extra)
+    return found
+
+
+# id, state, expected {watch family: value or None (no sample)}
+WATCH_CASES = [
+    ("watching", not_issued(), {"linkcert_domain_next_check_timestamp_seconds": epoch(0.25), "linkcert_domain_check_attempts": 25,
+                                "linkcert_domain_watch_stopped": 0}),
+    ("first-check", not_issued(watch=watch(attempts=1, since=at(0), last_check=at(0), next_check=iso(NOW + datetime.timedelta(minutes=1)))),
+     {"linkcert_domain_next_check_timestamp_seconds": epoch(1 / 1440), "linkcert_domain_check_attempts": 1, "linkcert_domain_watch_stopped": 0}),
+    ("pending-ca-error", not_issued(ssl_status="pending", label="SSL Pending", reason="acme_connection"),
+     {"linkcert_domain_next_check_timestamp_seconds": epoch(0.25), "linkcert_domain_check_attempts": 25, "linkcert_domain_watch_stopped": 0}),
+    ("stopped", not_issued(reason="watch_stopped", watch=watch(attempts=151, next_check=None, stopped=at(-2))),
+     {"linkcert_domain_next_check_timestamp_seconds": None, "linkcert_domain_check_attempts": 151, "linkcert_domain_watch_stopped": 1}),
+    ("stopped-with-a-stale-next-check", not_issued(watch=watch(stopped=at(-2))),
+     {"linkcert_domain_next_check_timestamp_seconds": None, "linkcert_domain_check_attempts": 25, "linkcert_domain_watch_stopped": 1}),
+    ("started-over", not_issued(watch={}), {"linkcert_domain_next_check_timestamp_seconds": None, "linkcert_domain_check_attempts": None,
+                                            "linkcert_domain_watch_stopped": 0}),
+    ("no-watch", not_issued(watch=None), {name: None for name in WATCH_FAMILIES}),
+    ("never-checked", {"domain": DOMAIN, "ssl_status": "unknown", "reason": "dns_not_ready"}, {name: None for name in WATCH_FAMILIES}),
+    ("issued-with-a-stale-watch", issued(watch=watch()), {name: None for name in WATCH_FAMILIES}),
+    # A state file is a file on disk: what is unreadable is left out, never a crash (and never a 0: "checked in 1970").
+    ("next-check-unreadable", not_issued(watch=watch(next_check="in a while")),
+     {"linkcert_domain_next_check_timestamp_seconds": None, "linkcert_domain_check_attempts": 25, "linkcert_domain_watch_stopped": 0}),
+    ("next-check-none-in-utc", not_issued(watch=watch(next_check="9999-12-31T23:59:00-01:00")),
+     {"linkcert_domain_next_check_timestamp_seconds": None, "linkcert_domain_check_attempts": 25, "linkcert_domain_watch_stopped": 0}),
+    ("next-check-a-number", not_issued(watch=watch(next_check=1772366400)),
+     {"linkcert_domain_next_check_timestamp_seconds": None, "linkcert_domain_watch_stopped": 0}),
+    ("attempts-bool", not_issued(watch=watch(attempts=True)), {"linkcert_domain_check_attempts": None, "linkcert_domain_watch_stopped": 0}),
+    ("attempts-negative", not_issued(watch=watch(attempts=-1)), {"linkcert_domain_check_attempts": None}),
+    ("attempts-text", not_issued(watch=watch(attempts="25")), {"linkcert_domain_check_attempts": None}),
+    ("attempts-float", not_issued(watch=watch(attempts=25.0)), {"linkcert_domain_check_attempts": None}),
+    ("attempts-zero", not_issued(watch=watch(attempts=0)), {"linkcert_domain_check_attempts": 0}),
+    ("watch-not-a-dict", not_issued(watch="2026-03-01T18:00:00Z"), {name: None for name in WATCH_FAMILIES}),
+    ("watch-a-list", not_issued(watch=[watch()]), {name: None for name in WATCH_FAMILIES}),
+]
+
+
+@pytest.mark.parametrize("case", WATCH_CASES, ids=[c[0] for c in WATCH_CASES])
+def test_pending_watcher_values(case):
+    _id, state, expected = case
+    text = _metrics.render([state], RUN, NOW)
+    families = parse(text)
+    for name, wanted in expected.items():
+        assert value(families, name, domain=DOMAIN, node="edge-1") == wanted, name
+    for name in WATCH_FAMILIES:
+        assert families[name].type == "gauge" and "# HELP %s " % name in text  # with or without samples
+        assert all(set(s.labels) == {"domain", "node"} for s in families[name].samples)
+
+
+def test_pending_watcher_series_only_for_watched_domains(tmp_path):
+    store = StateStore(tmp_path / "state")
+    store.save(DOMAIN, issued())
+    store.save("a.customer.com", not_issued(domain="a.customer.com"))
+    store.save("b.customer.com", not_issued(domain="b.customer.com", reason="watch_stopped", watch=watch(next_check=None, stopped=at(-2))))
+    store.save("c.customer.com", {"domain": "c.customer.com", "ssl_status": "pending", "reason": "awaiting_issuance"})
+    records = _metrics.read_records(str(tmp_path / "state"))
+    assert records[0]["watch"] == not_issued()["watch"], "read_records keeps the watch"
+    families = parse(_metrics.render(records, RUN, NOW))
+    assert {s.labels["domain"]: s.value for s in families["linkcert_domain_watch_stopped"].samples} == {"a.customer.com": 0, "b.customer.com": 1}
+    assert {s.labels["domain"]: s.value for s in families["linkcert_domain_check_attempts"].samples} == {"a.customer.com": 25, "b.customer.com": 25}
+    assert {s.labels["domain"]: s.value for s in families["linkcert_domain_next_check_timestamp_seconds"].samples} == {"a.customer.com": epoch(0.25)}
+
+
 RUN_CASES = [
     ("success", dict(RUN), {"linkcert_run_duration_seconds": 12.25, "linkcert_run_success": 1,
                             "linkcert_run_last_timestamp_seconds": 1772366412.25}, {"issued": 0, "renewed": 2, "failed": 0, "none": 5}),

@@ -181,3 +181,71 @@ def test_report_rows(case):
 def test_expiry_guard(not_before, not_after, expected):
     alert = _status.expiry_alert({"not_before": not_before, "not_after": not_after}, NOW7)
     assert (alert is None) if expected is None else (expected in alert)
+
+
+def pending(**extra):
+    entry = {"domain": "click.example.org", "ssl_status": "unknown", "label": "SSL Unknown", "reason": "dns_not_ready",
+             "message": "m", "remediation": "click.example.org. CNAME edge.linkcert.example."}
+    entry.update(extra)
+    return entry
+
+
+def watch(**extra):
+    found = {"since": "2026-12-04T10:00:00Z", "attempts": 3, "last_check": "2026-12-04T10:03:00Z", "next_check": "2026-12-04T10:08:00Z",
+             "stopped": None}
+    found.update(extra)
+    return found
+
+
+FIX = "click.example.org  SSL Unknown  dns_not_ready: publish click.example.org. CNAME edge.linkcert.example."
+STOPPED = dict(next_check=None, stopped="2027-01-03T10:00:00Z", attempts=151)
+# case, entry → the table line
+WATCHED = [
+    ("no-watch", pending(), FIX),
+    ("watch-none", pending(watch=None), FIX),
+    ("watching", pending(watch=watch()), FIX + "; next check 2026-12-04 10:08 UTC (3 checks since 2026-12-04 10:00 UTC)"),
+    ("one-check", pending(watch=watch(attempts=1, next_check="2026-12-04T10:01:00Z")),
+     FIX + "; next check 2026-12-04 10:01 UTC (1 check since 2026-12-04 10:00 UTC)"),
+    ("next-day-offset-and-fraction", pending(watch=watch(next_check="2026-12-05T01:30:00.123456+02:00", attempts=40)),
+     FIX + "; next check 2026-12-04 23:30 UTC (40 checks since 2026-12-04 10:00 UTC)"),
+    ("stopped", pending(reason="watch_stopped", watch=watch(**STOPPED)),
+     FIX.replace("dns_not_ready", "watch_stopped") + "; not checked on its own since 2027-01-03 10:00 UTC (after 151 checks): verify it again"),
+    ("stopped-message", pending(reason="watch_stopped", remediation=None, message="No longer checked on its own.", watch=watch(**STOPPED)),
+     "click.example.org  SSL Unknown  watch_stopped: No longer checked on its own.; not checked on its own since 2027-01-03 10:00 UTC "
+     "(after 151 checks): verify it again"),
+    ("stopped-unreadable", pending(watch=watch(next_check=None, stopped="soon", attempts="many")),
+     FIX + "; not checked on its own: verify it again"),
+    ("pending-ca-error", pending(ssl_status="pending", label="SSL Pending", reason="acme_connection", remediation=None, watch=watch()),
+     "click.example.org  SSL Pending  acme_connection; next check 2026-12-04 10:08 UTC (3 checks since 2026-12-04 10:00 UTC)"),
+    ("issued-ignores-a-stale-watch", pending(ssl_status="issued", label="SSL Issued", not_after="2027-02-21T00:00:00Z", watch=watch()),
+     "click.example.org  SSL Issued   expires 2027-02-21"),
+    ("node-and-alert-stay-last", pending(watch=watch(), node="edge-1", expiring=True, not_before="2020-01-01T00:00:00Z",
+                                         not_after="2020-03-01T00:00:00Z"),
+     FIX + "; next check 2026-12-04 10:08 UTC (3 checks since 2026-12-04 10:00 UTC)"
+     "  ALERT: the certificate expired at 2020-03-01T00:00:00Z and was not renewed  [edge-1]"),
+    # What the watcher wrote is a file on disk: whatever is unreadable is left out, never a crash.
+    ("next-check-unreadable", pending(watch=watch(next_check="2026-13-40T99:00:00Z")), FIX),
+    ("next-check-null-not-stopped", pending(watch=watch(next_check=None)), FIX),
+    ("next-check-not-a-string", pending(watch=watch(next_check=1765000000)), FIX),
+    ("next-check-none-in-utc", pending(watch=watch(next_check="9999-12-31T23:59:00-01:00")), FIX),
+    ("stopped-none-in-utc", pending(watch=watch(next_check=None, stopped="0001-01-01T00:00:00+01:00")),
+     FIX + "; not checked on its own (after 3 checks): verify it again"),
+    ("attempts-bool", pending(watch=watch(attempts=True)), FIX + "; next check 2026-12-04 10:08 UTC (checked since 2026-12-04 10:00 UTC)"),
+    ("attempts-negative", pending(watch=watch(attempts=-2)), FIX + "; next check 2026-12-04 10:08 UTC (checked since 2026-12-04 10:00 UTC)"),
+    ("attempts-string", pending(watch=watch(attempts="3")), FIX + "; next check 2026-12-04 10:08 UTC (checked since 2026-12-04 10:00 UTC)"),
+    ("attempts-float", pending(watch=watch(attempts=3.0)), FIX + "; next check 2026-12-04 10:08 UTC (checked since 2026-12-04 10:00 UTC)"),
+    ("zero-attempts", pending(watch=watch(attempts=0)), FIX + "; next check 2026-12-04 10:08 UTC (0 checks since 2026-12-04 10:00 UTC)"),
+    ("since-unreadable", pending(watch=watch(since="yesterday")), FIX + "; next check 2026-12-04 10:08 UTC (3 checks)"),
+    ("nothing-but-next", pending(watch={"next_check": "2026-12-04T10:08:00Z"}), FIX + "; next check 2026-12-04 10:08 UTC"),
+    ("empty-watch", pending(watch={}), FIX),
+    ("watch-not-a-dict", pending(watch="2026-12-04T10:08:00Z"), FIX),
+    ("watch-a-list", pending(watch=[watch()]), FIX),
+]
+
+
+@pytest.mark.parametrize("case", WATCHED, ids=[w[0] for w in WATCHED])
+def test_table_says_when_the_pending_watcher_checks_next(case):
+    _id, entry, line = case
+    lines = _status.table([entry])
+    assert lines[1] == line
+    assert lines[1].split()[:3] == ["click.example.org", "SSL", entry["label"].split()[1]], "domain and label still lead the line"

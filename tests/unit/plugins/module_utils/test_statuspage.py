@@ -87,15 +87,32 @@ PAYLOADS = [
     '<a href="https://evil.example/">click</a> <link rel=stylesheet href=//evil.example/x.css>',
 ]
 FIELDS = ["domain", "node", "reason", "message", "remediation", "serial", "served_serial", "alerts", "not_after", "renew_after"]
+# The pending watcher's record (on a domain not issued, where it is shown): its times are shown as times and its count as a
+# number, so a value that is neither is left out, never shown.
+WATCH_FIELDS = ["watch", "watch.since", "watch.attempts", "watch.next_check", "watch.stopped"]
+
+
+def watch(**kwargs: t.Any) -> t.Dict[str, t.Any]:
+    found = {"since": "2026-11-30T10:00:00Z", "attempts": 3, "last_check": "2026-12-01T01:50:00Z", "next_check": "2026-12-01T02:20:00Z",
+             "stopped": None}
+    found.update(kwargs)
+    return found
 
 
 def hostile_row(field: str, payload: str) -> t.Dict[str, t.Any]:
     entry = row(serial="0a", served_serial="0b")
+    if field.startswith("watch"):
+        entry.update(ssl_status="unknown", reason="dns_not_ready", watch=watch())
+        if field == "watch":
+            entry["watch"] = payload
+        else:
+            entry["watch"][field.split(".", 1)[1]] = payload
+        return entry
     entry[field] = [payload] if field == "alerts" else payload
     return entry
 
 
-@pytest.mark.parametrize("field", FIELDS)
+@pytest.mark.parametrize("field", FIELDS + WATCH_FIELDS)
 @pytest.mark.parametrize("payload", PAYLOADS, ids=["script", "attr-img", "svg", "style-url", "double-escape", "u2028", "links"])
 def test_hostile_values_are_inert_text(field, payload):
     page_text = _statuspage.render([row("ok.example"), hostile_row(field, payload)], NOW, title=payload)
@@ -107,10 +124,18 @@ def test_hostile_values_are_inert_text(field, payload):
     assert page_text.count("<script") == 2 and page_text.count("</script>") == 2
     assert [tag for tag, _attrs in page.tags if tag == "style"] == ["style"]
     assert [attrs["href"] for tag, attrs in page.tags if tag == "link"] == ["data:,"]
-    # The payload is shown as text, character for character.
-    shown = "".join(line for line in payload.splitlines() if line.strip()) if field == "remediation" else payload  # one record a line
-    assert shown in page.all_text
-    assert page.all_text.count(payload) >= 2  # the <title> and the <h1>
+    if field in WATCH_FIELDS:
+        # Not a time, not a count: left out (the <title> and the <h1> only), the rest of the watch still shown.
+        assert page.all_text.count(payload) == 2 and payload not in page_text.split('<tbody id="rows">')[1]
+        if field == "watch.stopped":
+            assert page_text.count('<strong class="stopped">stopped</strong>') == 1
+        elif field not in ("watch", "watch.next_check"):
+            assert page_text.count('<time datetime="2026-12-01T02:20:00Z">') == 1
+    else:
+        # The payload is shown as text, character for character.
+        shown = "".join(line for line in payload.splitlines() if line.strip()) if field == "remediation" else payload  # one record a line
+        assert shown in page.all_text
+        assert page.all_text.count(payload) >= 2  # the <title> and the <h1>
     # The embedded data has no "<", ">", "&" or line separators, and still decodes to the value.
     [body] = [body for attrs, body in page.scripts if attrs.get("id") == "linkcert-data"]
     assert not set(body) & set("<>&\u2028\u2029")
@@ -154,7 +179,7 @@ EXTERNAL = [
     [],
     [row()],
     [row(remediation="x.example. CNAME edge.example.\nexample. CAA 0 issue \"letsencrypt.org\"", ssl_status="unknown")],
-    [hostile_row(field, PAYLOADS[-1]) for field in FIELDS] + [hostile_row("message", PAYLOADS[3])],
+    [hostile_row(field, PAYLOADS[-1]) for field in FIELDS + WATCH_FIELDS] + [hostile_row("message", PAYLOADS[3])],
 ], ids=["empty", "one", "remediation", "hostile-urls"])
 def test_no_external_url(rows):
     page_text = _statuspage.render(rows, NOW)
@@ -262,9 +287,10 @@ def test_times_shown_in_utc_relative_and_sorted_as_times(case):
     assert Page(page_text).data()[0]["k"]["renew_after"] is None
 
 
-def test_unparsable_time_is_shown_as_text_and_sorts_last():
-    page_text = _statuspage.render([row(not_after="next tuesday", renew_after="")], NOW)
-    assert "next tuesday" in page_text and "<time" not in page_text.split('<tbody id="rows">')[1]
+@pytest.mark.parametrize("value", ["next tuesday", "9999-12-31T23:59:00-01:00", "0001-01-01T00:00:00+01:00"])
+def test_unparsable_time_is_shown_as_text_and_sorts_last(value):
+    page_text = _statuspage.render([row(not_after=value, renew_after="")], NOW)
+    assert value in page_text and "<time" not in page_text.split('<tbody id="rows">')[1]
     assert Page(page_text).data()[0]["k"]["not_after"] is None
     # Without a parsable generated_at the times are shown without the relative part.
     assert '<span class="rel">' not in _statuspage.render([row()], "now-ish")
@@ -293,3 +319,84 @@ def test_filter_plugin_wraps_render():
             filters["status_page"](bad, NOW)
     with pytest.raises(AnsibleFilterError, match="generated_at"):
         filters["status_page"]([row()], None)
+
+
+def next_check_cell(page_text: str) -> t.List[str]:
+    """The Next check cells' contents, in row order ("" for an empty one)."""
+    cells = re.findall(r'<td class="c-next_check( empty)?" data-label="Next check"><div class="v">(.*?)</div></td>', page_text)
+    return ["" if empty else cell for empty, cell in cells]
+
+
+def at(iso: str, relative: str) -> str:
+    day, clock = iso[:10], iso[11:16]
+    return ('<time datetime="%s"><span class="nw">%s</span> <span class="nw">%s UTC</span></time> <span class="rel">(%s)</span>'
+            % (iso, day, clock, relative))
+
+
+STOPPED = watch(next_check=None, stopped="2026-11-30T10:00:00Z", attempts=151)
+SINCE = '<strong class="stopped">stopped</strong> <span class="since">since <time datetime="2026-11-30T10:00:00Z"><span class="nw">2026-11-30' \
+    '</span> <span class="nw">10:00 UTC</span></time></span>'
+# case, row → the Next check cell ("" when empty), its sort key (the next check's epoch)
+NEXT_CHECKS = [
+    ("watching", row(ssl_status="unknown", watch=watch()),
+     at("2026-12-01T02:20:00Z", "in less than an hour") + '<span class="checks">3 checks so far</span>', 1796091600),
+    ("one-check", row(ssl_status="unknown", watch=watch(attempts=1, next_check="2026-12-01T02:01:00Z")),
+     at("2026-12-01T02:01:00Z", "in less than an hour") + '<span class="checks">1 check so far</span>', 1796090460),
+    ("every-6-hours-offset", row(ssl_status="unknown", watch=watch(attempts=40, next_check="2026-12-02T10:00:00+02:00")),
+     at("2026-12-02T08:00:00Z", "in 1 day") + '<span class="checks">40 checks so far</span>', 1796198400),
+    ("overdue", row(ssl_status="pending", reason="acme_connection", watch=watch(next_check="2026-11-30T20:00:00Z")),
+     at("2026-11-30T20:00:00Z", "due 6 hours ago") + '<span class="checks">3 checks so far</span>', 1796068800),
+    ("invalid-status-is-unknown", row(ssl_status="revoked", watch=watch(attempts=0)),
+     at("2026-12-01T02:20:00Z", "in less than an hour") + '<span class="checks">0 checks so far</span>', 1796091600),
+    ("stopped", row(ssl_status="unknown", reason="watch_stopped", watch=STOPPED), SINCE + '<span class="checks">after 151 checks</span>', None),
+    ("stopped-wins-over-a-next-check", row(ssl_status="unknown", watch=dict(STOPPED, next_check="2026-12-01T03:00:00Z", attempts=1)),
+     SINCE + '<span class="checks">after 1 check</span>', None),
+    ("stopped-unreadable", row(ssl_status="unknown", watch=watch(next_check=None, stopped="a while ago", attempts=True)),
+     '<strong class="stopped">stopped</strong>', None),
+    # A count that is not a non-negative int is left out, and so is a time that is not one.
+    ("attempts-bool", row(ssl_status="unknown", watch=watch(attempts=False)), at("2026-12-01T02:20:00Z", "in less than an hour"), 1796091600),
+    ("attempts-negative", row(ssl_status="unknown", watch=watch(attempts=-1)), at("2026-12-01T02:20:00Z", "in less than an hour"), 1796091600),
+    ("attempts-text", row(ssl_status="unknown", watch=watch(attempts="3")), at("2026-12-01T02:20:00Z", "in less than an hour"), 1796091600),
+    ("attempts-float", row(ssl_status="unknown", watch=watch(attempts=3.0)), at("2026-12-01T02:20:00Z", "in less than an hour"), 1796091600),
+    ("next-check-unreadable", row(ssl_status="unknown", watch=watch(next_check="tomorrow")), "", None),
+    ("next-check-a-number", row(ssl_status="unknown", watch=watch(next_check=1796091600)), "", None),
+    ("next-check-none-in-utc", row(ssl_status="unknown", watch=watch(next_check="9999-12-31T23:59:00-01:00")), "", None),
+    ("stopped-none-in-utc", row(ssl_status="unknown", watch=watch(stopped="0001-01-01T00:00:00+01:00", attempts=2)),
+     '<strong class="stopped">stopped</strong><span class="checks">after 2 checks</span>', None),
+    ("next-check-null", row(ssl_status="unknown", watch=watch(next_check=None)), "", None),
+    ("issued", row(watch=watch()), "", None),
+    ("no-watch", row(ssl_status="unknown"), "", None),
+    ("watch-null", row(ssl_status="unknown", watch=None), "", None),
+    ("watch-empty", row(ssl_status="unknown", watch={}), "", None),
+    ("watch-a-list", row(ssl_status="unknown", watch=[watch()]), "", None),
+]
+
+
+@pytest.mark.parametrize("case", NEXT_CHECKS, ids=[c[0] for c in NEXT_CHECKS])
+def test_next_check_of_the_pending_watcher(case):
+    _id, entry, cell, key = case
+    page_text = _statuspage.render([entry], NOW)
+    assert next_check_cell(page_text) == [cell]
+    assert Page(page_text).data()[0]["k"]["next_check"] == key
+    if key is not None:
+        assert key == int(_statuspage.parse_time(re.search(r'datetime="([^"]+)"', cell).group(1)).timestamp())
+
+
+def test_next_check_column_sorts_and_is_labelled():
+    rows = [row("a.example", ssl_status="unknown", watch=watch(next_check="2026-12-01T04:00:00Z")),
+            row("b.example", ssl_status="unknown", reason="watch_stopped", watch=STOPPED),
+            row("c.example"),
+            row("d.example", ssl_status="pending", watch=watch(next_check="2026-12-01T03:00:00Z"))]
+    page_text = _statuspage.render(rows, NOW)
+    page = Page(page_text)
+    headers = [attrs["data-key"] for tag, attrs in page.tags if tag == "th"]
+    assert headers == [key for key, _header in _statuspage.COLUMNS]
+    assert headers.index("next_check") == headers.index("remediation") + 1
+    assert '<th scope="col" class="c-next_check" data-key="next_check" aria-sort="none"><button type="button">Next check</button></th>' in page_text
+    assert [d["k"]["next_check"] for d in page.data()] == [1796097600, None, None, 1796094000]
+    assert all(set(d["k"]) == set(headers) for d in page.data()), "every column has its sort key"
+    assert '<option value="next_check:asc">Next check (soonest first)</option>' in page_text
+    assert page_text.count('data-label="Next check"') == 4 and page_text.count('class="c-next_check empty"') == 1
+    # Filtered by reason as before: a stopped watch is found as watch_stopped.
+    assert [d["text"] for d in page.data()][1] == "b.example edge-a watch_stopped"
+    assert _statuspage.render(rows, NOW) == page_text
