@@ -12,6 +12,9 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -124,6 +127,36 @@ def test_second_run_and_check_mode_change_nothing(edge_lab, first_run):
     assert without_watch(table(check.stdout)) == without_watch(lines)
 
 
+def test_sending_domains_follow_the_traffic_contract_too(edge_lab, first_run, pebble_root):
+    """em.example.com (a sending domain with the edge's address) is issued: redirected and served its certificate.
+    em.example.net (its DNS not ready) is answered over plain HTTP, never redirected, and refused on 443 with an alert.
+    The demo sets no tracking upstream, so the edge answers itself where it would proxy."""
+    addr = edge_lab["edge"]["ansible_host"]
+
+    def http(host: str) -> Any:
+        request = urllib.request.Request("http://%s/c/123?u=1" % addr, headers={"Host": host})
+        opener = urllib.request.build_opener(NoRedirect)
+        try:
+            with opener.open(request, timeout=10) as response:
+                return response.status, response.headers.get("Location"), response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers.get("Location"), ""
+
+    assert http("em.example.com")[:2] == (301, "https://em.example.com/c/123?u=1")
+    assert ("DNS", "em.example.com") in served(edge_lab, pebble_root, "em.example.com")["subjectAltName"]
+    assert http("em.example.net") == (200, None, "linkcert edge: em.example.net\n")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection((addr, 443), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError, match="(?i)alert|unrecognized"):
+            context.wrap_socket(raw, server_hostname="em.example.net")
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
+        return None
+
+
 def test_verify_now_handles_one_domain_and_keeps_the_others_served(edge_lab, first_run, pebble_root):
     run = run_playbook(PLAYBOOK, INVENTORY, extra_vars={"domain": "Links.Example.NET."}, env=edge_lab["env"])
     assert run.rc == 0, run.stdout
@@ -197,10 +230,20 @@ def orders_so_far(edge_lab: Dict[str, Any]) -> int:
 
 
 def nginx_workers(edge_lab: Dict[str, Any]) -> str:
-    """nginx's master pid and its current workers' pids: a reload replaces the workers. Workers of an earlier
-    reload that are still finishing their connections ("shutting down") are left out: they come and go on their own."""
-    return on_edge(edge_lab, "m=$(systemctl show -p MainPID --value nginx); echo $m; "
-                             "ps -o pid=,args= --ppid $m | grep -v 'shutting down' | awk '{print $1}' | sort -n | tr '\\n' ' '")
+    """nginx's master pid and its workers' pids, once nginx is settled: a reload replaces the workers. Workers of an
+    earlier reload finish their connections first ("shutting down"), and right after a reload they may not say so yet;
+    so this waits (bounded) until no worker is shutting down and two looks a second apart agree."""
+    look = ("m=$(systemctl show -p MainPID --value nginx); echo $m; "
+            "ps -o pid=,args= --ppid $m | awk '{print $1, ($0 ~ /shutting down/) ? \"old\" : \"current\"}' | sort -n")
+    previous = None
+    for _attempt in range(30):
+        seen = on_edge(edge_lab, look)
+        if "old" not in seen and seen == previous:
+            return seen
+        previous = seen
+        time.sleep(1)
+    pytest.fail("nginx did not settle (workers of an earlier reload still shutting down):\n%s" % previous)
+    return ""
 
 
 def test_a_broken_nginx_config_on_the_edge_orders_nothing_and_keeps_serving(edge_lab, first_run, pebble_root):
