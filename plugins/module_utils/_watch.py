@@ -164,12 +164,14 @@ def after_check(state: t.Mapping[str, t.Any], status: t.Mapping[str, t.Any], now
                 reset_first: bool = False) -> t.Tuple[t.Dict[str, t.Any], t.Optional[t.Dict[str, t.Any]]]:
     """The status to record and the watch, after a check at ``now`` found ``status`` for a domain whose record is ``state``.
 
-    An issued domain has no watch, nor one that is not served over HTTPS. Any other is watched, whether it never had a certificate or holds one it may no
-    longer renew (its DNS or CAA changed): the check counts (``reset_first``: Verify Now, it counts as the first). Once
+    An issued domain has no watch (unless its renewal is held), nor one that is not served over HTTPS. Any other is
+    watched, whether it never had a certificate or holds one it may no longer renew (its DNS or CAA changed): the
+    check counts (``reset_first``: Verify Now, it counts as the first). Once
     the watcher gives up on a domain without a certificate, its status becomes SSL Unknown, ``watch_stopped``, with the
     last finding and what to do; a held certificate keeps its status (the renewal timer still asks DNS about it)."""
     result = dict(status)
-    if status.get("ssl_status") == "issued" or status.get("reason") in NOT_SERVED:
+    held = bool(status.get("held") or state.get("held"))
+    if (status.get("ssl_status") == "issued" and not held) or status.get("reason") in NOT_SERVED:
         return result, None
     watch = checked(reset() if reset_first else state.get("watch"), now, schedule)
     if watch.get("stopped") and not (state.get("serial") or status.get("serial")):

@@ -1,5 +1,5 @@
 """The renewal runner the renewal role installs, run as its systemd service runs it, against a Pebble
-issuing 16-second certificates: it renews what is due, and reloads (through its configured command)
+issuing 60-second certificates: it renews what is due, and reloads (through its configured command)
 only when a certificate changed."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ ADDR = "127.0.0.1"
 @pytest.fixture(scope="module")
 def short_lab(tmp_path_factory):
     ports = dict(zip(labctl.PORT_KEYS, labctl.free_ports(len(labctl.PORT_KEYS), ADDR)))
-    lab = labctl.Lab(dir=tmp_path_factory.mktemp("renewlab"), addr=ADDR, ports=ports, nginx=True, timeout=30.0, cert_validity=16,
+    lab = labctl.Lab(dir=tmp_path_factory.mktemp("renewlab"), addr=ADDR, ports=ports, nginx=True, timeout=30.0, cert_validity=60,
                      pebble_env={"PEBBLE_AUTHZREUSE": "0"})
     lab.start()
     try:

@@ -100,6 +100,7 @@ def test_due(watch: t.Optional[t.Dict[str, t.Any]], at: datetime.datetime, due: 
     ({"ssl_status": "unknown", "reason": "caa_blocked"}, {}, True),
     ({"ssl_status": "pending", "reason": "ca_unreachable"}, {}, True),
     ({"ssl_status": "unknown", "reason": "no_edge_route"}, {}, False),  # a sending domain with https: false
+    ({"ssl_status": "issued", "reason": "caa_dns_error"}, {"serial": "0a", "held": True}, True),  # issued, its renewal held
 ])
 def test_who_is_watched(status: t.Dict[str, t.Any], state: t.Dict[str, t.Any], watched: bool) -> None:
     _status, watch = _watch.after_check(state, status, T0, DEFAULT)
