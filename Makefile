@@ -109,7 +109,7 @@ sanity:
 build:
 	rm -rf .work/build && mkdir -p .work/build
 	$(PY313)/ansible-galaxy collection build --output-path .work/build --force
-	@if tar -tzf .work/build/mailops-linkcert-*.tar.gz | grep -E '^(tests/(lab|unit|output)/|lab/|bench/|molecule/|scripts/|\.venv|\.work|\.lab)'; then \
+	@if tar -tzf .work/build/mailops-linkcert-*.tar.gz | grep -E '^(tests/(lab|unit|output)/|lab/|bench/|molecule/|scripts/|\.venv|\.work|\.lab|\.ansible/)'; then \
 	  echo "test-only files leaked into the build"; exit 1; fi
 	@ls -l .work/build
 

@@ -219,6 +219,25 @@ def _find_binary(name: str) -> str:
     return name
 
 
+def pebble_binaries(repo_dir: Optional[PathLike] = None) -> Dict[str, str]:
+    """Every Pebble the lab can run, by version ("2.4", "2.6"): the host's package, and the other Debian release's
+    that scripts/fetch_pebble.sh unpacked under .work/pebble/VERSION."""
+    found: Dict[str, str] = {}
+    system = _find_binary("pebble")
+    try:
+        version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "pebble"], capture_output=True, text=True,
+                                 check=False, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    match = re.match(r"(\d+\.\d+)", version)
+    if match and os.access(system, os.X_OK):
+        found[match.group(1)] = system
+    for binary in sorted(Path(repo_dir or REPO_DIR).glob(".work/pebble/*/usr/bin/pebble")):
+        if os.access(binary, os.X_OK):
+            found.setdefault(binary.parents[2].name, str(binary))
+    return found
+
+
 def _supports_flag(binary: str, flag: str) -> bool:
     """Tell whether a Go binary lists ``-flag`` in its ``-h`` output."""
     try:

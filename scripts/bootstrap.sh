@@ -23,6 +23,15 @@ if [ "$need_apt" = 1 ]; then
   RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
 fi
 
+# The ACME lab tests run against Debian 12's Pebble (2.4) and Debian 13's (2.6, with ARI and replaces checks): the
+# host's own package is one of them, the other release's is fetched into .work/pebble (scripts/fetch_pebble.sh).
+codename=$(sed -n "s/^VERSION_CODENAME=//p" /etc/os-release)
+case $codename in
+  bookworm) bash scripts/fetch_pebble.sh trixie ;;
+  trixie) bash scripts/fetch_pebble.sh bookworm ;;
+  *) echo "!! Debian $codename: only Debian 12 (bookworm) and 13 (trixie) are known; the lab tests only its own pebble" >&2 ;;
+esac
+
 find_python313() {
   for candidate in python3.13 /root/.pyenv/versions/3.13*/bin/python3.13 /usr/local/bin/python3.13; do
     if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys, venv; assert sys.version_info[:2] == (3, 13)' 2>/dev/null; then

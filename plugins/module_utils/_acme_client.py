@@ -25,6 +25,7 @@ import threading
 import time
 import typing as t
 
+from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_chain, _acme_errors
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_keys import jwk_and_alg
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError, short_error
 
@@ -41,42 +42,11 @@ except ImportError as exc:  # pragma: no cover - reported by the module
     ACME_IMPORT_ERROR = exc
 
 USER_AGENT = "mailops.linkcert/0.1 (acme-python)"
-_RETRY_CODES = frozenset(("badNonce", "rateLimited", "serverInternal"))
 _MAX_RETRIES = 5
-# Problems the customer (or the ESP's setup) must fix: never issued for such a domain → "unknown".
-CUSTOMER_PROBLEMS = frozenset(("caa", "dns", "connection", "unauthorized", "incorrectResponse", "rejectedIdentifier", "tls"))
 
 
-def snake(code: str) -> str:
-    out = []
-    for char in code:
-        if char.isupper():
-            out.append("_" + char.lower())
-        else:
-            out.append(char)
-    return "".join(out).strip("_")
-
-
-class AcmeProblem(LinkcertError):
-    """An RFC 7807 problem from the CA (``reason`` is ``acme_`` + the snake-cased type)."""
-
-    def __init__(self, message: str, code: str, item: t.Optional[str] = None, retry_at: t.Optional[float] = None) -> None:
-        super().__init__(message, item=item, reason="acme_" + snake(code))
-        self.code = code
-        self.retry_at = retry_at
-
-    @property
-    def customer_must_fix(self) -> bool:
-        return self.code in CUSTOMER_PROBLEMS
-
-
-def problem_text(error: t.Any) -> str:
-    """A readable one-liner of a problem document, with its sub-problems."""
-    parts = [str(getattr(error, "detail", "") or getattr(error, "title", "") or error)]
-    for sub in getattr(error, "subproblems", None) or []:
-        identifier = getattr(getattr(sub, "identifier", None), "value", "")
-        parts.append("%s: %s" % (identifier, getattr(sub, "detail", sub)))
-    return "; ".join(p for p in parts if p)
+AcmeProblem = _acme_errors.AcmeProblem
+problem_text = _acme_errors.problem_text
 
 
 class _RawJSON(jose.JSONDeSerializable if HAS_ACME else object):  # type: ignore[misc]
@@ -102,6 +72,21 @@ class _Network(acme_client.ClientNetwork if HAS_ACME else object):  # type: igno
         response = super()._send_request(method, url, *args, **kwargs)
         self.last_response = response
         return response
+
+
+def _response_of(error: BaseException) -> t.Any:
+    """The HTTP response a ClientError carries (the acme library passes it, or (it, the parse error)), or None."""
+    if not isinstance(error, acme_errors.ClientError):
+        return None
+    first = error.args[0] if error.args else None
+    if isinstance(first, tuple) and first:
+        first = first[0]
+    return first if hasattr(first, "status_code") else None
+
+
+def _status_of(error: BaseException) -> t.Optional[int]:
+    status = getattr(_response_of(error), "status_code", None)
+    return status if isinstance(status, int) else None
 
 
 def _retry_after_seconds(response: t.Any) -> t.Optional[float]:
@@ -148,48 +133,60 @@ class AcmeClient:
             net.account = messages.RegistrationResource(body=messages.Registration(), uri=self.account_uri)
         return net
 
-    def _call(self, what: str, action: t.Callable[[], t.Any], deadline: float, item: t.Optional[str] = None) -> t.Any:
-        """Run one protocol request with bounded retries (badNonce, 429, 5xx, network errors)."""
+    def _call(self, what: str, action: t.Callable[[], t.Any], deadline: float, item: t.Optional[str] = None,
+              conflict_ok: bool = False) -> t.Any:
+        """Run one protocol request; every failure becomes an AcmeFailure with its rule (``_acme_errors``), retried as the
+        rule says: at once (badNonce), with backoff honouring Retry-After within ``deadline`` (429, 5xx, the network),
+        or not in this run. ``conflict_ok`` lets a 409 through as the acme library raises it (an existing account)."""
         delay = 0.25
         for attempt in range(_MAX_RETRIES + 1):
             self.requests += 1
             try:
                 return action()
             except messages.Error as error:
-                code = str(error.code or "serverInternal")
-                wait = _retry_after_seconds(getattr(self._net(), "last_response", None))
-                if code not in _RETRY_CODES or attempt == _MAX_RETRIES:
-                    retry_at = time.time() + wait if wait is not None else None
-                    raise AcmeProblem("%s: the CA answered %s: %s" % (what, code, problem_text(error)), code, item, retry_at) from None
-            except acme_errors.ConflictError:
-                raise
-            except (requests.exceptions.SSLError,) as error:
-                text = short_error(error)
-                if "not yet valid" in text or "has expired" in text:
-                    raise LinkcertError("%s: the CA's TLS certificate is not valid at this host's time, %s (%s). Check this host's clock "
-                                        "(timedatectl, NTP); verification is never switched off." % (
-                                            what, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), text),
-                                        item=item, reason="host_clock") from None
-                raise LinkcertError("%s: the CA's TLS certificate is not trusted (%s). Give the CA's root in acme_ca_bundle; "
-                                    "verification is never switched off." % (what, text), item=item, reason="ca_untrusted") from None
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
-                if attempt == _MAX_RETRIES or time.monotonic() + delay > deadline:
-                    raise LinkcertError("%s: the CA at %s cannot be reached (%s)." % (what, self.directory_url, short_error(error)),
-                                        item=item, reason="ca_unreachable") from None
-                wait = None
-            except acme_errors.ClientError as error:
-                status = getattr(getattr(error, "args", [None])[0], "status_code", None)
-                if status is None or status < 500 or attempt == _MAX_RETRIES:
-                    raise LinkcertError("%s: unexpected answer from the CA (%s)." % (what, short_error(error)), item=item,
-                                        reason="ca_protocol_error") from None
-                wait = _retry_after_seconds(error.args[0])
+                failure, cause = _acme_errors.classify(error, what, _acme_errors.problem_code(error), problem_text(error), item), error
+            except acme_errors.ConflictError as error:
+                if conflict_ok:
+                    raise
+                code, detail = _acme_errors.problem_of_response(getattr(self._net(), "last_response", None))
+                failure, cause = _acme_errors.classify(error, what, code or "conflict", detail or "409 Conflict", item), error
+                failure.http_status = 409
+            except requests.exceptions.SSLError as error:
+                raise self._tls_failure(what, error, item) from error
+            except (acme_errors.Error, jose.errors.Error, requests.exceptions.RequestException) as error:
+                failure, cause = _acme_errors.classify(error, what, item=item, ca="the CA at %s" % self.directory_url), error
+                if isinstance(error, acme_errors.ClientError) and (_status_of(error) or 0) >= 500:  # a 5xx without a problem document
+                    failure = AcmeProblem("%s: the CA answered HTTP %s (%s)" % (what, _status_of(error), short_error(error)), "serverInternal",
+                                          item)
+            except (ValueError, KeyError, TypeError, AttributeError) as error:  # an answer of the wrong shape (a field missing, not JSON)
+                failure, cause = _acme_errors.classify(error, what, item=item, ca="the CA at %s" % self.directory_url), error
+            wait = None
+            if failure.rule.retry == _acme_errors.BACKOFF:
+                wait = _retry_after_seconds(_response_of(cause) or getattr(self._net(), "last_response", None))
+            if failure.rule.retry not in (_acme_errors.NOW, _acme_errors.BACKOFF) or attempt == _MAX_RETRIES:
+                failure.retry_at = time.time() + wait if wait is not None else None
+                raise failure from cause
             pause = max(delay, min(wait, 60.0)) if wait is not None else delay
             if time.monotonic() + pause > deadline:
-                raise LinkcertError("%s: the CA asked to retry after %.0f s, past this certificate's deadline." % (what, pause),
-                                    item=item, reason="acme_rate_limited" if wait else "deadline") from None
+                if failure.reason in (_acme_errors.CA_UNREACHABLE,) and wait is None:
+                    raise failure from cause
+                late = _acme_errors.PROBLEMS["rateLimited"] if wait else _acme_errors.ACME_EXCEPTIONS["TimeoutError"]
+                raise _acme_errors.AcmeFailure("%s: the CA asked to retry after %.0f s, past this certificate's deadline." % (what, pause),
+                                               late, failure.code, item, time.time() + wait if wait else None) from cause
             time.sleep(pause)
             delay = min(delay * 2, 8.0)
-        raise LinkcertError("%s: too many retries" % what, item=item, reason="ca_unreachable")  # pragma: no cover
+        raise LinkcertError("%s: too many retries" % what, item=item, reason=_acme_errors.CA_UNREACHABLE)  # pragma: no cover
+
+    def _tls_failure(self, what: str, error: BaseException, item: t.Optional[str]) -> LinkcertError:
+        text = short_error(error)
+        if "not yet valid" in text or "has expired" in text:
+            return _acme_errors.AcmeFailure("%s: the CA's TLS certificate is not valid at this host's time, %s (%s). Check this host's "
+                                            "clock (timedatectl, NTP); verification is never switched off." % (
+                                                what, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), text),
+                                            _acme_errors.HOST_CLOCK_RULE, item=item)
+        return _acme_errors.AcmeFailure("%s: the CA's TLS certificate is not trusted (%s). Give the CA's root in acme_ca_bundle; "
+                                        "verification is never switched off." % (what, text), _acme_errors.exception_rule(error)
+                                        or _acme_errors.REQUESTS_EXCEPTIONS["SSLError"], item=item)
 
     def _post(self, url: str, obj: t.Any, deadline: float = 0.0) -> t.Any:
         """A JWS-signed POST (RFC 8555 6.2); the body is application/jose+json."""
@@ -234,8 +231,8 @@ class AcmeClient:
             return str(response.headers.get("Location"))
 
         try:
-            uri = self._call("registering the ACME account", register, deadline)
-        except acme_errors.ConflictError as conflict:
+            uri = self._call("registering the ACME account", register, deadline, conflict_ok=True)
+        except acme_errors.ConflictError as conflict:  # the key has an account already: its URL
             uri = str(conflict.location)
         self.account_uri = uri
         return uri
@@ -292,8 +289,14 @@ class AcmeClient:
         self._call("finalizing the order", lambda: self._post(finalize_url, request, deadline=deadline), deadline, item)
 
     def download(self, certificate_url: str, deadline: float, item: str) -> bytes:
+        return self.download_with_alternates(certificate_url, deadline, item)[0]
+
+    def download_with_alternates(self, certificate_url: str, deadline: float, item: str) -> t.Tuple[bytes, t.List[str]]:
+        """The certificate chain, and the URLs of the alternate chains the CA offers (RFC 8555 7.4.2)."""
         response = self.get(certificate_url, deadline, item)
-        return response.content
+        raw = getattr(getattr(response, "raw", None), "headers", None)
+        values = raw.getlist("Link") if hasattr(raw, "getlist") else [response.headers.get("Link", "")]
+        return response.content, _acme_chain.alternate_urls(values)
 
     def renewal_info(self, cert_id: str, deadline: float, item: str) -> t.Optional[t.Tuple[t.Dict[str, t.Any], t.Optional[str]]]:
         """GET the ARI resource (RFC 9773); None when the directory offers none."""

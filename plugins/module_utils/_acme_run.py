@@ -28,10 +28,12 @@ import typing as t
 from pathlib import Path
 
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_challenge as challenge
+from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_chain
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_keys as keys
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_renewal as renewal
 from ansible_collections.mailops.linkcert.plugins.module_utils import _status
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_client import AcmeClient, AcmeProblem
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_errors import FIX, LATER, AcmeFailure
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_state import StateStore, guard_until, iso, parse_iso, record_failure
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import CertStore
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_sync import account_key
@@ -44,6 +46,10 @@ from ansible_collections.mailops.linkcert.plugins.module_utils._resolver import 
 VALIDATION_FAILURES = frozenset(("acme_unauthorized", "acme_connection", "acme_dns", "acme_incorrect_response", "acme_caa", "acme_tls",
                                  "acme_rejected_identifier"))
 FEATURES_MAX_AGE = datetime.timedelta(days=1)
+# The problem types with which a CA refuses an order's replaces (RFC 9773); the order is placed again without it.
+REPLACES_REFUSED = frozenset(("alreadyReplaced", "conflict"))
+ACCOUNT_GONE = "accountDoesNotExist"
+HTTP_CONFLICT = 409
 # The installed files' paths are kept too, so a play can serve every certificate on record (not only this run's).
 STATE_KEYS = ("domain", "names", "ssl_status", "label", "reason", "message", "remediation", "action", "held", "serial", "issuer",
               "not_before", "not_after", "renew_after", "privkey", "cert", "chain", "fullchain")
@@ -71,6 +77,7 @@ class Settings(t.NamedTuple):
     check_mode: bool
     workers: int = 8
     server_check: t.Optional[t.Tuple[str, ...]] = None
+    preferred_chain: t.Optional[str] = None
 
 
 def _disjoint_roots(roots: t.Mapping[str, str]) -> None:
@@ -123,7 +130,7 @@ def settings_from_options(p: t.Mapping[str, t.Any], check_mode: bool = False) ->
         profile=p.get("profile") or None, self_check=bool(p.get("self_check", True)), challenge_port=port,
         resolver=make_resolver(p["resolvers"], 5.0) if p.get("resolvers") else None,
         timeout=timeout, force=bool(p.get("force")), check_mode=check_mode, workers=workers,
-        server_check=tuple(server_check) if server_check else None,
+        server_check=tuple(server_check) if server_check else None, preferred_chain=_acme_chain.check_preferred(p.get("preferred_chain")),
     )
 
 
@@ -187,6 +194,7 @@ class Runner:
         self.store = CertStore(settings.cert_root)
         self.states = StateStore(settings.state_root)
         self._client: t.Optional[AcmeClient] = None
+        self._earlier_requests = 0  # made by a client dropped with its account (_forget_account)
         self._client_lock = threading.Lock()
         self.account_uri: t.Optional[str] = None
         account = self.states.load_account(settings.directory_url) if Path(settings.state_root).is_dir() else None
@@ -199,7 +207,7 @@ class Runner:
 
     @property
     def ca_requests(self) -> int:
-        return self._client.requests if self._client else 0
+        return self._earlier_requests + (self._client.requests if self._client else 0)
 
     def features(self) -> t.Dict[str, t.Any]:
         """Directory features from the cache (no request), refreshed whenever the directory is fetched."""
@@ -231,6 +239,18 @@ class Runner:
                 self.account_uri = client.account_uri
                 self._client = client
             return self._client
+
+    def _forget_account(self) -> None:
+        """The CA no longer knows the account on record (accountDoesNotExist: deactivated, or the CA's database reset):
+        drop its URL, so the next certificate of this run, or the next run, registers the key again."""
+        with self._client_lock:
+            record = {key: val for key, val in self._account_record.items() if key not in ("uri", "thumbprint", "created")}
+            if record != self._account_record:
+                self.states.save_account(self.s.directory_url, record)
+                self._account_record = record
+            self._earlier_requests += self._client.requests if self._client else 0
+            self._client = None
+            self.account_uri = None
 
     def _server_ready(self, domain: str) -> None:
         """Run ``server_check`` (once per run, on the first certificate that is due) and raise if it fails.
@@ -339,6 +359,8 @@ class Runner:
             # certificates of the run go on, and the working pair is untouched (CertStore switches whole versions).
             self.store.install(spec.domain, key_pem, cert_pem, chain_pem)
         except LinkcertError as exc:
+            if isinstance(exc, AcmeFailure) and exc.code == ACCOUNT_GONE:
+                self._forget_account()
             state = record_failure(state, utcnow(), exc.reason, exc.msg)
             result = self._failed(base, info, exc)
             try:
@@ -397,8 +419,11 @@ class Runner:
         profile = renewal.check_profile(self.s.profile, self.features()) if self.s.profile else None
         try:
             order_url, order = client.new_order(spec.names, deadline, replaces=decision.replaces, profile=profile)
-        except AcmeProblem as exc:
-            if exc.code != "alreadyReplaced" or not decision.replaces:
+        except AcmeFailure as exc:
+            # RFC 9773: a CA that refuses the replaces (409: alreadyReplaced, or a certificate it does not know as ours)
+            # is asked once more without it; the renewal goes ahead as a new order.
+            # Pebble 2.6 says 409 with the type malformed, Boulder 409 alreadyReplaced: the status is what counts.
+            if not decision.replaces or (exc.code not in REPLACES_REFUSED and exc.http_status != HTTP_CONFLICT):
                 raise
             order_url, order = client.new_order(spec.names, deadline, profile=profile)
         self._authorize(client, spec, order, deadline)
@@ -411,10 +436,22 @@ class Runner:
             error = order.get("error") or {}
             raise LinkcertError("the order for %s ended %s: %s" % (spec.domain, order.get("status"), error.get("detail", "no detail")),
                                 item=spec.domain, reason="acme_order_%s" % order.get("status"))
-        leaf, chain = split_chain(client.download(order["certificate"], deadline, spec.domain))
+        leaf, chain = split_chain(self._download(client, order["certificate"], spec.domain, deadline))
         if not keys.public_key_matches(key, leaf):
             raise LinkcertError("the CA returned a certificate for another key", item=spec.domain, reason="ca_protocol_error")
         return keys.key_to_pem(key), leaf, chain
+
+    def _download(self, client: AcmeClient, url: str, domain: str, deadline: float) -> bytes:
+        """The issued chain: the CA's default, or with ``preferred_chain`` the first alternate whose topmost
+        certificate that CA issued (the default again when none is; alternates are fetched only when needed)."""
+        preferred = self.s.preferred_chain
+        if not preferred:
+            return client.download(url, deadline, domain)
+        default, alternates = client.download_with_alternates(url, deadline, domain)
+        if _acme_chain.topmost_issuer(default) == preferred or not alternates:
+            return default
+        chains = [default] + [client.download(other, deadline, domain) for other in alternates]
+        return _acme_chain.choose(chains, preferred)[0]
 
     def _sweep_challenges(self) -> None:
         """Once per run, before the first token is published: remove tokens that killed runs left behind."""
@@ -479,15 +516,21 @@ class Runner:
 
     def _failed(self, base: t.Dict[str, t.Any], info: t.Optional[t.Any], exc: LinkcertError) -> t.Dict[str, t.Any]:
         valid = info is not None and utcnow() < info.not_after
-        customer = isinstance(exc, challenge.ChallengeFailed) or (isinstance(exc, AcmeProblem) and exc.customer_must_fix)
+        rule = exc.rule if isinstance(exc, AcmeFailure) else None
+        customer = isinstance(exc, challenge.ChallengeFailed) or (rule is not None and rule.customer)
+        # What happens next, said once: retried by a later run (the timer, the pending watcher), or only once the setup is fixed.
+        retry = rule.retry if rule is not None else LATER
+        remediation = rule.remediation if rule is not None and not customer else None
         if valid:
             status, message = _status.ISSUED, "Renewal failed, the installed certificate is untouched and still served: %s" % exc.msg
         elif customer:
             status, message = _status.UNKNOWN, exc.msg
+        elif retry == FIX:
+            status, message = _status.PENDING, exc.msg
         else:
             status, message = _status.PENDING, "%s A later run retries." % exc.msg
         result = dict(base)
-        result.update(_status.status_entry(base["domain"], status, exc.reason, message, None, action="failed"))
+        result.update(_status.status_entry(base["domain"], status, exc.reason, message, remediation, action="failed", retry=retry))
         result.update(_cert_fields(info))
         result["renew_after"] = None
         retry_at = getattr(exc, "retry_at", None)

@@ -13,8 +13,13 @@ import typing as t
 
 
 def short_error(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one bounded line for messages."""
-    text = str(exc).strip() or type(exc).__name__
+    """An exception as one bounded line for messages (its class name when it cannot say more, or its str() fails)."""
+    try:
+        text = str(exc).strip()
+    # Some libraries' __str__ read attributes that may be missing: any failure there is worded by the class name.
+    except Exception:  # pylint: disable=broad-exception-caught
+        text = ""
+    text = text or type(exc).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

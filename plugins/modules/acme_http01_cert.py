@@ -130,6 +130,12 @@ options:
   profile:
     description: The certificate profile to ask for, when the directory offers profiles (for example C(tlsserver)).
     type: str
+  preferred_chain:
+    description:
+      - When the CA offers alternate chains (RFC 8555 7.4.2), install the one whose topmost certificate was issued by a CA of this
+        common name (for example C(ISRG Root X1)), as certbot's C(--preferred-chain) does.
+      - The CA's default chain is installed when no chain matches. The alternates are fetched only when the default does not match.
+    type: str
   self_check:
     description:
       - Before asking the CA to validate, fetch the challenge URL the way the CA does and stop with a clear reason if it does not
@@ -242,6 +248,18 @@ results:
     message:
       description: What happened and what to do.
       type: str
+    remediation:
+      description: What to change so the certificate can be issued, when the failure is the edge's setup or the CA's (for a failure
+        the customer must fix, the role words it from the DNS and CAA checks).
+      type: str
+    retry:
+      description:
+        - After a failure (C(action=failed)), what happens next.
+        - C(now) and C(backoff) were retried within this run already; C(amended) was asked again in another form (an order
+          without C(replaces)); C(later) is retried by a later run (the renewal timer, the pending watcher); C(fix) succeeds only
+          once the setup that the remediation names changes.
+      type: str
+      returned: when action is failed
     action:
       description: C(issued), C(renewed), C(none) or C(failed).
       type: str
@@ -315,6 +333,7 @@ def main():
             "reuse_key": {"type": "bool", "default": False},
             "renew_before": {"type": "str", "default": "auto"},
             "profile": {"type": "str"},
+            "preferred_chain": {"type": "str"},
             "self_check": {"type": "bool", "default": True},
             "challenge_port": {"type": "int", "default": 80},
             "resolvers": {"type": "list", "elements": "str"},

@@ -14,7 +14,8 @@ from acme import errors as acme_errors
 from acme import messages
 
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_client
-from ansible_collections.mailops.linkcert.plugins.module_utils._acme_client import AcmeClient, AcmeProblem, problem_text, snake
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_client import AcmeClient, AcmeProblem, problem_text
+from ansible_collections.mailops.linkcert.plugins.module_utils._acme_errors import snake
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_keys import generate_key
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_run import _challenge_problem, split_chain
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import LinkcertError

@@ -370,3 +370,93 @@ def test_sibling_roots_and_names_that_only_share_a_prefix_are_fine(tmp_path):
     options = {"acme_directory": "https://ca.example/dir", "webroot": str(tmp_path / "linkcert"), "cert_root": str(tmp_path / "linkcert-live"),
                "state_root": str(tmp_path / "linkcert-state")}
     assert settings_from_options(options).cert_root == str(tmp_path / "linkcert-live")
+
+
+class GoneAccountCA(DirectoryClient, ScriptedCA):
+    """A CA whose database lost the account on record: its first order answers accountDoesNotExist."""
+
+    refusals = 0
+
+    def __init__(self, directory_url, ca_bundle, key, timeout):
+        DirectoryClient.__init__(self, directory_url, ca_bundle, key, timeout)
+        ScriptedCA.__init__(self)
+
+    def new_order(self, names, deadline, replaces=None, profile=None):
+        if type(self).refusals:
+            type(self).refusals -= 1
+            raise AcmeProblem("creating the order: the CA answered accountDoesNotExist: no such account", "accountDoesNotExist", names[0])
+        return ScriptedCA.new_order(self, names, deadline, replaces, profile)
+
+
+def test_an_account_the_ca_forgot_is_registered_again_by_the_next_certificate(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_module, "AcmeClient", GoneAccountCA)
+    monkeypatch.setattr(GoneAccountCA, "registrations", 0)
+    fresh_runner(tmp_path).client(deadline=0)
+    assert GoneAccountCA.registrations == 1
+    monkeypatch.setattr(GoneAccountCA, "refusals", 1)
+    runner = fresh_runner(tmp_path)
+    lost = runner.process(SPEC)
+    assert (lost["action"], lost["reason"], lost["ssl_status"], lost["retry"]) == ("failed", "acme_account_does_not_exist", "pending", "later")
+    assert "registers the account key again" in lost["remediation"] and lost["message"].endswith("A later run retries.")
+    [record_path] = (tmp_path / "state" / "accounts").iterdir()
+    assert "uri" not in json.loads(record_path.read_text()), "the URL the CA no longer knows is forgotten"
+    other = runner.process(CertSpec("b.customer.example", ["b.customer.example"]))
+    assert other["action"] == "issued" and GoneAccountCA.registrations == 2
+    assert json.loads(record_path.read_text())["uri"] == "https://ca.example/acct/1"
+
+
+class RefusingCA(ScriptedCA):
+    def __init__(self, failure):
+        super().__init__()
+        self.failure = failure
+
+    def new_order(self, names, deadline, replaces=None, profile=None):
+        raise self.failure
+
+
+@pytest.mark.parametrize("failure, status, retry, remediation, later", [
+    (AcmeProblem("the CA answered badCSR: key too small", "badCSR"), "pending", "fix", "check key_type", False),
+    (AcmeProblem("the CA answered serverInternal: oops", "serverInternal"), "pending", "backoff", "internal error", True),
+    (AcmeProblem("the CA answered caa: forbidden", "caa"), "unknown", "fix", None, False),
+    (LinkcertError("something else", reason="write_failed"), "pending", "later", None, True),
+])
+def test_a_failure_says_what_happens_next(tmp_path, failure, status, retry, remediation, later):
+    result = make_runner(tmp_path, RefusingCA(failure)).process(SPEC)
+    assert (result["action"], result["ssl_status"], result["retry"]) == ("failed", status, retry)
+    assert (remediation is None) == (result["remediation"] is None) and (remediation or "") in (result["remediation"] or "")
+    assert result["message"].endswith("A later run retries.") == later
+
+
+def conflict(code):
+    failure = AcmeProblem("creating the order: the CA answered %s: already has a replacement order" % code, code)
+    failure.http_status = 409
+    return failure
+
+
+class ReplacesRefusingCA(ScriptedCA):
+    """Refuses every order that carries replaces with ``refusal`` (Boulder: 409 alreadyReplaced; Pebble 2.6: 409 malformed)."""
+
+    def __init__(self, refusal):
+        super().__init__()
+        self.refusal = refusal
+
+    def new_order(self, names, deadline, replaces=None, profile=None):
+        if replaces:
+            self.orders.append({"names": list(names), "replaces": replaces, "profile": profile})
+            raise self.refusal
+        return super().new_order(names, deadline, replaces, profile)
+
+
+@pytest.mark.parametrize("refusal, retried", [
+    (conflict("alreadyReplaced"), True),
+    (conflict("malformed"), True),  # Pebble 2.6
+    (AcmeProblem("creating the order: the CA answered malformed: bad CertID", "malformed"), False),  # a 400: not about replaces
+    (AcmeProblem("creating the order: the CA answered unauthorized: not your certificate", "unauthorized"), False),
+])
+def test_a_refused_replaces_is_ordered_once_more_without_it_only_for_a_conflict(tmp_path, refusal, retried):
+    issued = make_runner(tmp_path, ScriptedCA()).process(SPEC)
+    ca = ReplacesRefusingCA(refusal)
+    result = make_runner(tmp_path, ca, force=True).process(SPEC)
+    assert [bool(order["replaces"]) for order in ca.orders] == ([True, False] if retried else [True])
+    assert result["action"] == ("renewed" if retried else "failed") and result["ssl_status"] == "issued"
+    assert (result["serial"] != issued["serial"]) is retried
