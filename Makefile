@@ -72,15 +72,15 @@ units:
 # The lab suites of make test: everything on Python 3.11 (ansible-core 2.19), the integration tests (not the fault
 # suite) again on Python 3.13 (newest ansible-core).
 lab-py311:
-	$(PY311)/python -m pytest tests/lab -q -n $(LAB_WORKERS) --dist loadfile
+	$(PY311)/python -m pytest tests/lab -q -n $(LAB_WORKERS) --dist loadfile --durations=12
 
 lab-py313:
-	$(PY313)/python -m pytest tests/lab -q -m "not faults" -n $(LAB_WORKERS) --dist loadfile
+	$(PY313)/python -m pytest tests/lab -q -m "not faults" -n $(LAB_WORKERS) --dist loadfile --durations=12
 
 # Integration tests start their own lab on free ports, so they never touch the demo lab.
 integration:
 	$(PY311)/python -m pytest tests/lab -q -m "not faults" -n $(LAB_WORKERS) --dist loadfile
-	$(PY313)/python -m pytest tests/lab -q -m "not faults" -n $(LAB_WORKERS) --dist loadfile
+	$(PY313)/python -m pytest tests/lab -q -m "not faults" -n $(LAB_WORKERS) --dist loadfile --durations=12
 
 # The fault and abuse suite (tests/lab/test_faults_*.py, marker faults): the CA, DNS, nginx, the disk and
 # the process misbehaving, and hostile input; each case asserts status, files and the served certificate.

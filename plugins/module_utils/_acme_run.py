@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_challenge as challenge
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_chain
+from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_limits as limits
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_keys as keys
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_renewal as renewal
 from ansible_collections.mailops.linkcert.plugins.module_utils import _status
@@ -37,6 +38,7 @@ from ansible_collections.mailops.linkcert.plugins.module_utils._acme_errors impo
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_state import StateStore, guard_until, iso, parse_iso, record_failure
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_storage import CertStore
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_sync import account_key
+from ansible_collections.mailops.linkcert.plugins.module_utils._dnsrun import HAS_PSL, organizational_domain
 from ansible_collections.mailops.linkcert.plugins.module_utils._errors import InputError, LinkcertError
 from ansible_collections.mailops.linkcert.plugins.module_utils._names import normalize_domain
 from ansible_collections.mailops.linkcert.plugins.module_utils._pool import map_bounded
@@ -49,10 +51,15 @@ FEATURES_MAX_AGE = datetime.timedelta(days=1)
 # The problem types with which a CA refuses an order's replaces (RFC 9773); the order is placed again without it.
 REPLACES_REFUSED = frozenset(("alreadyReplaced", "conflict"))
 ACCOUNT_GONE = "accountDoesNotExist"
+RATE_LIMITED = "rateLimited"
 HTTP_CONFLICT = 409
 # The installed files' paths are kept too, so a play can serve every certificate on record (not only this run's).
 STATE_KEYS = ("domain", "names", "ssl_status", "label", "reason", "message", "remediation", "action", "held", "serial", "issuer",
               "not_before", "not_after", "renew_after", "privkey", "cert", "chain", "fullchain")
+# Kept in the state file only while set: when a waiting order's turn comes (the watcher's next check follows it).
+STATE_KEYS_WHILE_SET = ("retry_after",)
+QUEUED_REMEDIATION = ("Nothing to do: the order is placed on its own when its turn comes. If the CA granted this account higher limits, "
+                      "raise them in linkcert_ca_limits (the module's ca_limits).")
 
 
 class Settings(t.NamedTuple):
@@ -78,6 +85,7 @@ class Settings(t.NamedTuple):
     workers: int = 8
     server_check: t.Optional[t.Tuple[str, ...]] = None
     preferred_chain: t.Optional[str] = None
+    ca_limits: limits.Limits = limits.Limits()
 
 
 def _disjoint_roots(roots: t.Mapping[str, str]) -> None:
@@ -131,6 +139,7 @@ def settings_from_options(p: t.Mapping[str, t.Any], check_mode: bool = False) ->
         resolver=make_resolver(p["resolvers"], 5.0) if p.get("resolvers") else None,
         timeout=timeout, force=bool(p.get("force")), check_mode=check_mode, workers=workers,
         server_check=tuple(server_check) if server_check else None, preferred_chain=_acme_chain.check_preferred(p.get("preferred_chain")),
+        ca_limits=limits.limits_from(p.get("ca_limits"), p["acme_directory"]),
     )
 
 
@@ -202,6 +211,7 @@ class Runner:
         if account:
             self.account_uri = account.get("uri")
         self._rng = random.Random()
+        self.pacer = limits.Pacer(self.states, settings.directory_url, settings.ca_limits, _registered_domain, check_mode=settings.check_mode)
 
     # --------------------------------------------------------------- CA
 
@@ -340,13 +350,19 @@ class Runner:
         if not decision.due:
             result = self._report(base, info, decision, "none", decision.reason, decision.message)
             return self._save(spec.domain, loaded, state, result, attempted=False)
-        held = guard_until(state, now, reasons=VALIDATION_FAILURES)
+        failed_limit = self.s.ca_limits.failed_authorizations or limits.Limit(5, datetime.timedelta(hours=1))
+        held = guard_until(state, now, threshold=failed_limit.count, window=failed_limit.window, reasons=VALIDATION_FAILURES)
         if held and not self.s.force:
             result = self._report(base, info, decision, "none", "rate_limit_guard",
-                                  "%s failed validation too often in the last hour; no new order before %s, so the CA does not pause the name."
-                                  % (spec.domain, iso(held)), retry_after=iso(held))
+                                  "%s failed validation %d times within %s; no new order before %s, so the CA does not pause the name."
+                                  % (spec.domain, failed_limit.count, failed_limit.window, iso(held)), retry_after=iso(held))
             return self._save(spec.domain, loaded, state, result, attempted=False)
         action = "renewed" if info else "issued"
+        if self.s.check_mode and not decision.replaces and self.account_uri:
+            try:  # reads the ledger only
+                self.pacer.admit(self.account_uri, spec.names, now)
+            except limits.Queued as exc:
+                return self._queued(base, info, decision, exc)
         if self.s.check_mode:
             result = self._report(base, info, decision, action, decision.reason, "Would %s: %s" % ("renew" if info else "issue", decision.message))
             result["changed"] = True
@@ -358,6 +374,8 @@ class Runner:
             # A failed install (a full disk) is this certificate's failure, like a CA error: the other
             # certificates of the run go on, and the working pair is untouched (CertStore switches whole versions).
             self.store.install(spec.domain, key_pem, cert_pem, chain_pem)
+        except limits.Queued as exc:  # not a failure: no order was placed, and the turn is known
+            return self._save(spec.domain, loaded, state, self._queued(base, info, decision, exc), attempted=False)
         except LinkcertError as exc:
             if isinstance(exc, AcmeFailure) and exc.code == ACCOUNT_GONE:
                 self._forget_account()
@@ -417,29 +435,56 @@ class Runner:
         csr = keys.make_csr(key, spec.names)
         client = self.client(deadline)
         profile = renewal.check_profile(self.s.profile, self.features()) if self.s.profile else None
+        account = str(client.account_uri)
+        # An ARI renewal (replaces) is exempt from the CA's limits: neither checked nor counted.
+        tokens = [] if decision.replaces else [self.pacer.admit(account, spec.names, utcnow())]
+        issued = False
         try:
-            order_url, order = client.new_order(spec.names, deadline, replaces=decision.replaces, profile=profile)
+            order_url, order = self._place_order(client, spec, decision, profile, deadline, account, tokens)
+            self._authorize(client, spec, order, deadline)
+            if order.get("status") in ("pending", "ready"):
+                order = client.wait_valid(order_url, deadline, spec.domain, pending=("pending",))
+            if order.get("status") == "ready":
+                client.finalize(order["finalize"], csr, deadline, spec.domain)
+                order = client.wait_valid(order_url, deadline, spec.domain, pending=("ready", "processing"))
+            if order.get("status") != "valid" or not order.get("certificate"):
+                error = order.get("error") or {}
+                raise LinkcertError("the order for %s ended %s: %s" % (spec.domain, order.get("status"), error.get("detail", "no detail")),
+                                    item=spec.domain, reason="acme_order_%s" % order.get("status"))
+            leaf, chain = split_chain(self._download(client, order["certificate"], spec.domain, deadline))
+            if not keys.public_key_matches(key, leaf):
+                raise LinkcertError("the CA returned a certificate for another key", item=spec.domain, reason="ca_protocol_error")
+            issued = True
+        except AcmeFailure as exc:
+            if exc.code == RATE_LIMITED and exc.retry_at:  # a 429 past this run: nothing of what it refuses is ordered before its end
+                self._pacing(self.pacer.rate_limited, account, spec.names, exc.msg,
+                             datetime.datetime.fromtimestamp(exc.retry_at, datetime.timezone.utc), utcnow())
+            raise
+        finally:  # a reservation becomes a certificate, or is dropped (the order still counts)
+            for token in tokens:
+                self._pacing(self.pacer.settle, account, token, issued, utcnow())
+        return keys.key_to_pem(key), leaf, chain
+
+    def _place_order(self, client: AcmeClient, spec: CertSpec, decision: t.Any, profile: t.Optional[str], deadline: float,
+                     account: str, tokens: t.List[str]) -> t.Tuple[str, t.Dict[str, t.Any]]:
+        try:
+            return client.new_order(spec.names, deadline, replaces=decision.replaces, profile=profile)
         except AcmeFailure as exc:
             # RFC 9773: a CA that refuses the replaces (409: alreadyReplaced, or a certificate it does not know as ours)
-            # is asked once more without it; the renewal goes ahead as a new order.
+            # is asked once more without it; the renewal goes ahead as a new order, which the CA's limits count.
             # Pebble 2.6 says 409 with the type malformed, Boulder 409 alreadyReplaced: the status is what counts.
             if not decision.replaces or (exc.code not in REPLACES_REFUSED and exc.http_status != HTTP_CONFLICT):
                 raise
-            order_url, order = client.new_order(spec.names, deadline, profile=profile)
-        self._authorize(client, spec, order, deadline)
-        if order.get("status") in ("pending", "ready"):
-            order = client.wait_valid(order_url, deadline, spec.domain, pending=("pending",))
-        if order.get("status") == "ready":
-            client.finalize(order["finalize"], csr, deadline, spec.domain)
-            order = client.wait_valid(order_url, deadline, spec.domain, pending=("ready", "processing"))
-        if order.get("status") != "valid" or not order.get("certificate"):
-            error = order.get("error") or {}
-            raise LinkcertError("the order for %s ended %s: %s" % (spec.domain, order.get("status"), error.get("detail", "no detail")),
-                                item=spec.domain, reason="acme_order_%s" % order.get("status"))
-        leaf, chain = split_chain(self._download(client, order["certificate"], spec.domain, deadline))
-        if not keys.public_key_matches(key, leaf):
-            raise LinkcertError("the CA returned a certificate for another key", item=spec.domain, reason="ca_protocol_error")
-        return keys.key_to_pem(key), leaf, chain
+        tokens.append(self.pacer.admit(account, spec.names, utcnow()))
+        return client.new_order(spec.names, deadline, profile=profile)
+
+    def _pacing(self, call: t.Callable[..., None], *args: t.Any) -> None:
+        """Ledger bookkeeping once an order is placed: a ledger that cannot be written (a full disk) must not cost the
+        certificate; the next admission counts from what the file still says."""
+        try:
+            call(*args)
+        except LinkcertError:
+            pass
 
     def _download(self, client: AcmeClient, url: str, domain: str, deadline: float) -> bytes:
         """The issued chain: the CA's default, or with ``preferred_chain`` the first alternate whose topmost
@@ -501,6 +546,15 @@ class Runner:
         result.update(extra)
         return result
 
+    def _queued(self, base: t.Dict[str, t.Any], info: t.Optional[t.Any], decision: t.Any, exc: limits.Queued) -> t.Dict[str, t.Any]:
+        """An order that waits for the CA's rate limit: SSL Pending (SSL Issued while the installed one is valid), its turn."""
+        message = exc.msg
+        if info is not None and renewal.valid_at(info, utcnow()):
+            message = "Renewal is due but waits: %s The installed certificate (valid until %s) is still served." % (message, iso(info.not_after))
+        result = self._report(base, info, decision, "none", limits.QUEUED, message, retry_after=iso(exc.turn.at))
+        result["remediation"] = QUEUED_REMEDIATION
+        return result
+
     def _held(self, base: t.Dict[str, t.Any], info: t.Optional[t.Any], hold: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
         """A certificate DNS or CAA hold back: no order; the installed one (if any) is kept and still served."""
         valid = info is not None and renewal.valid_at(info, utcnow())
@@ -545,11 +599,21 @@ class Runner:
             return result
         new_state = dict(state)
         new_state.update({key: result.get(key) for key in STATE_KEYS})
+        for key in STATE_KEYS_WHILE_SET:
+            if result.get(key):
+                new_state[key] = result[key]
+            else:
+                new_state.pop(key, None)
         if not attempted:
             new_state["action"] = state.get("action", result["action"])
         if new_state != loaded:
             self.states.save(domain, new_state)
         return result
+
+
+def _registered_domain(name: str) -> str:
+    """The registered domain of ``name`` (Public Suffix List); the name itself when publicsuffixlist is missing."""
+    return organizational_domain(name) if HAS_PSL else name
 
 
 def _cert_fields(info: t.Optional[t.Any]) -> t.Dict[str, t.Any]:

@@ -223,6 +223,26 @@ class StateStore:
                 except OSError:
                     pass
 
+    @contextlib.contextmanager
+    def lock_named(self, file_name: str, what: str, timeout: float) -> t.Iterator[None]:
+        """Hold ROOT/.locks/FILE_NAME, as :meth:`lock` does for a domain (``what`` names it in the error)."""
+        with self._lock(file_name, what, timeout, None):
+            yield
+
+    def read_private(self, directory: str, file_name: str) -> t.Optional[t.Dict[str, t.Any]]:
+        """The object in ROOT/DIRECTORY/FILE_NAME, as :meth:`load` reads a state file; None when absent or unreadable."""
+        return self._read_json(self.root / directory / file_name)
+
+    def write_private(self, directory: str, file_name: str, data: t.Mapping[str, t.Any], mode: int, directory_mode: int) -> None:
+        """Write ROOT/DIRECTORY/FILE_NAME atomically with ``mode``, the directory created with ``directory_mode``."""
+        path = self.root / directory / file_name
+        self._ensure_root()
+        try:
+            _make_dir(path.parent, directory_mode)
+        except OSError as exc:
+            raise LinkcertError("cannot create %s: %s" % (path.parent, os_error_text(exc)), item=str(path.parent), reason="write_failed") from exc
+        atomic_write(path, _dumps(data), mode)
+
     def _account_path(self, directory_url: str) -> Path:
         digest = hashlib.sha256(directory_url.encode("utf-8")).hexdigest()[:16]
         return self.root / "accounts" / ("%s.json" % digest)
@@ -239,12 +259,7 @@ class StateStore:
         path = self._account_path(directory_url)
         record = dict(data)
         record.setdefault("directory", directory_url)
-        self._ensure_root()
-        try:
-            _make_dir(path.parent, PRIVATE_DIR_MODE)
-        except OSError as exc:
-            raise LinkcertError("cannot create %s: %s" % (path.parent, os_error_text(exc)), item=str(path.parent), reason="write_failed") from exc
-        atomic_write(path, _dumps(record), ACCOUNT_MODE)
+        self.write_private(path.parent.name, path.name, record, ACCOUNT_MODE, PRIVATE_DIR_MODE)
 
 
 def _failures_with_times(state: t.Mapping[str, t.Any]) -> t.List[t.Tuple[datetime.datetime, t.Dict[str, t.Any]]]:

@@ -48,6 +48,9 @@ DEFAULT_GIVE_UP_DAYS = 30.0
 STOPPED = "watch_stopped"
 #: Reasons of domains nobody serves over HTTPS (a sending domain with ``https: false``): nothing to watch.
 NOT_SERVED = frozenset(("no_edge_route",))
+#: Reasons whose status says when the order may go (``retry_after``): the CA's rate limit, the failed-validation
+#: guard, a 429. The next check is then that moment, not the schedule's: earlier would find it still waiting.
+PACED = frozenset(("ca_rate_limit_queued", "rate_limit_guard", "acme_rate_limited"))
 
 
 class Schedule(t.NamedTuple):
@@ -160,6 +163,15 @@ def stopped_status(watch: t.Mapping[str, t.Any], schedule: Schedule, finding: st
                      "on the edge)." % (_count(watch.get("attempts")), schedule.give_up_days, watch.get("since"), finding.rstrip()))
 
 
+def _turn(state: t.Mapping[str, t.Any], status: t.Mapping[str, t.Any], now: datetime.datetime) -> t.Optional[datetime.datetime]:
+    """The moment a paced domain's order may go (from the status, or the state file the same run wrote), if still ahead."""
+    if status.get("reason") not in PACED:
+        return None
+    value = status.get("retry_after") or (state.get("retry_after") if state.get("reason") == status.get("reason") else None)
+    moment = _time(value)
+    return moment if moment is not None and moment > now else None
+
+
 def after_check(state: t.Mapping[str, t.Any], status: t.Mapping[str, t.Any], now: datetime.datetime, schedule: Schedule,
                 reset_first: bool = False) -> t.Tuple[t.Dict[str, t.Any], t.Optional[t.Dict[str, t.Any]]]:
     """The status to record and the watch, after a check at ``now`` found ``status`` for a domain whose record is ``state``.
@@ -169,11 +181,14 @@ def after_check(state: t.Mapping[str, t.Any], status: t.Mapping[str, t.Any], now
     check counts (``reset_first``: Verify Now, it counts as the first). Once
     the watcher gives up on a domain without a certificate, its status becomes SSL Unknown, ``watch_stopped``, with the
     last finding and what to do; a held certificate keeps its status (the renewal timer still asks DNS about it)."""
-    result = dict(status)
+    result = {key: value for key, value in status.items() if key != "retry_after" or value is not None}
     held = bool(status.get("held") or state.get("held"))
     if (status.get("ssl_status") == "issued" and not held) or status.get("reason") in NOT_SERVED:
         return result, None
     watch = checked(reset() if reset_first else state.get("watch"), now, schedule)
+    turn = _turn(state, status, now)
+    if turn is not None and not watch.get("stopped"):
+        watch["next_check"] = iso(turn)
     if watch.get("stopped") and not (state.get("serial") or status.get("serial")):
         reason, message = stopped_status(watch, schedule, str(status.get("message") or status.get("reason") or ""))
         if status.get("reason") != STOPPED:

@@ -136,6 +136,21 @@ options:
         common name (for example C(ISRG Root X1)), as certbot's C(--preferred-chain) does.
       - The CA's default chain is installed when no chain matches. The alternates are fetched only when the default does not match.
     type: str
+  ca_limits:
+    description:
+      - The CA's rate limits, kept in a ledger per CA and account under O(state_root) and checked before every new order. An order
+        that would go past one is not placed; the certificate stays C(SSL Pending), reason C(ca_rate_limit_queued), with the time its
+        turn comes in RV(results[].retry_after), and the pending watcher (or the next run) orders it then.
+      - C(auto) is Let's Encrypt's published limits when O(acme_directory) is Let's Encrypt's production directory, none otherwise;
+        C(none) is no limits. A mapping overrides those defaults limit by limit (C(null) removes one). Its keys are
+        C(new_orders) (per account), C(certificates_per_domain) (per registered domain, from the Public Suffix List),
+        C(duplicate_certificates) (per set of names) and C(failed_authorizations) (per name), each
+        a mapping of C(count) and C(window_hours). Let's Encrypt's are 300 per 3 h, 50 per 168 h, 5 per 168 h and 5 per 1 h.
+      - Renewals that carry an ARI C(replaces) are exempt, as at Let's Encrypt. A 429 from the CA with a C(Retry-After) past the
+        run blocks what it refuses (the account, a registered domain, a set of names or a name, from the problem detail) until then.
+      - C(failed_authorizations) also sets the failed-validation guard (C(rate_limit_guard)); without it the guard counts 5 per hour.
+    type: raw
+    default: auto
   self_check:
     description:
       - Before asking the CA to validate, fetch the challenge URL the way the CA does and stop with a clear reason if it does not
@@ -243,8 +258,14 @@ results:
       type: str
     reason:
       description: A machine code, for example C(issued), C(renewed), C(not_due), C(not_yet_valid), C(self_check_http_404), C(acme_rate_limited),
-        C(rate_limit_guard), C(server_config_broken), C(write_failed), C(locked).
+        C(rate_limit_guard), C(ca_rate_limit_queued), C(server_config_broken), C(write_failed), C(locked).
       type: str
+    retry_after:
+      description:
+        - When a certificate that waits may be ordered, in ISO 8601 UTC; its turn under the CA's rate limit (C(ca_rate_limit_queued)),
+          the end of the failed-validation guard (C(rate_limit_guard)), or the CA's C(Retry-After) (C(acme_rate_limited)).
+      type: str
+      returned: when the certificate waits for that moment
     message:
       description: What happened and what to do.
       type: str
@@ -334,6 +355,7 @@ def main():
             "renew_before": {"type": "str", "default": "auto"},
             "profile": {"type": "str"},
             "preferred_chain": {"type": "str"},
+            "ca_limits": {"type": "raw", "default": "auto"},
             "self_check": {"type": "bool", "default": True},
             "challenge_port": {"type": "int", "default": 80},
             "resolvers": {"type": "list", "elements": "str"},

@@ -177,7 +177,7 @@ def record_watch(config: t.Mapping[str, t.Any], results: t.Sequence[t.Dict[str, 
             continue  # plainly issued, never watched: nothing to record
         with states.lock(result["domain"], timeout=30.0):
             state = states.load(result["domain"])
-            fields = {key: result.get(key) for key in ("ssl_status", "label", "reason", "message", "remediation")}
+            fields = {key: result.get(key) for key in ("ssl_status", "label", "reason", "message", "remediation", "retry_after")}
             status, watch_after = _watch.after_check(state, fields, utcnow(), schedule, reset)
             new_state = dict(state, **status)
             new_state["watch"] = watch_after
@@ -207,7 +207,7 @@ def watch(config: t.Mapping[str, t.Any], runner: t.Any, entries: t.Sequence[t.Di
                           action="none", changed=False, names=[domain])
         with states.lock(domain, timeout=30.0):
             state = states.load(domain)
-            fields = {key: result.get(key) for key in ("ssl_status", "label", "reason", "message", "remediation")}
+            fields = {key: result.get(key) for key in ("ssl_status", "label", "reason", "message", "remediation", "retry_after")}
             new_state = dict(state, domain=domain)
             if result.get("serial") is None:  # nothing installed (maybe removed from the edge): no certificate on record either
                 new_state.update(serial=None, not_before=None, not_after=None, renew_after=None)

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_keys as keys
+from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_limits as limits
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_renewal as renewal
 from ansible_collections.mailops.linkcert.plugins.module_utils import _acme_run as run_module
 from ansible_collections.mailops.linkcert.plugins.module_utils._acme_client import AcmeProblem
@@ -89,14 +90,15 @@ class ScriptedCA:
         return {"suggestedWindow": {"start": renewal.iso(start), "end": renewal.iso(end)}}, "21600"
 
 
-def make_runner(tmp_path, ca, check_mode=False, profile="tlsserver", force=False, server_check=None, run_command=None):
+def make_runner(tmp_path, ca, check_mode=False, profile="tlsserver", force=False, server_check=None, run_command=None, ca_limits=None):
     settings = Settings(directory_url="https://ca.example/dir", ca_bundle=None, account_key=str(tmp_path / "state" / "account.key"),
                         email=None, terms_agreed=True, eab=None, webroot=str(tmp_path / "webroot"), cert_root=str(tmp_path / "live"),
                         state_root=str(tmp_path / "state"), key_type="ec256", reuse_key=False, renew_before="auto", profile=profile,
                         self_check=False, challenge_port=80, resolver=None, timeout=30.0, force=force, check_mode=check_mode,
-                        server_check=server_check)
+                        server_check=server_check, ca_limits=limits.limits_from(ca_limits, "https://ca.example/dir"))
     runner = Runner(settings, run_command=run_command)
     runner._client = ca
+    runner.account_uri = ca.account_uri
     runner._account_record = {"features": renewal.directory_features(json.loads((DATA / "directory_letsencrypt.json").read_text()))}
     return runner
 
@@ -460,3 +462,66 @@ def test_a_refused_replaces_is_ordered_once_more_without_it_only_for_a_conflict(
     assert [bool(order["replaces"]) for order in ca.orders] == ([True, False] if retried else [True])
     assert result["action"] == ("renewed" if retried else "failed") and result["ssl_status"] == "issued"
     assert (result["serial"] != issued["serial"]) is retried
+
+
+TWO_PER_3H = {"new_orders": {"count": 2, "window_hours": 3}}
+
+
+def spec(name):
+    return CertSpec(name, [name])
+
+
+def test_an_order_past_the_limit_waits_for_its_turn_and_is_not_placed(tmp_path):
+    ca = ScriptedCA()
+    first = [make_runner(tmp_path, ca, ca_limits=TWO_PER_3H).process(spec("d%d.customer.example" % n)) for n in range(2)]
+    assert [r["action"] for r in first] == ["issued", "issued"]
+    runner = make_runner(tmp_path, ca, ca_limits=TWO_PER_3H)
+    queued = [runner.process(spec("d%d.customer.example" % n)) for n in range(2, 5)]
+    assert len(ca.orders) == 2, "no order past the limit reaches the CA"
+    assert {(r["action"], r["ssl_status"], r["label"], r["reason"]) for r in queued} == {("none", "pending", "SSL Pending", limits.QUEUED)}
+    turns = [run_module.parse_iso(r["retry_after"]) for r in queued]
+    assert datetime.timedelta(0) <= turns[1] - turns[0] < datetime.timedelta(seconds=5), "the two orders leave the window one after the other"
+    assert turns[0] - NOW > datetime.timedelta(hours=2, minutes=59), "three hours after the first order"
+    assert turns[2] - turns[0] >= datetime.timedelta(hours=3) - datetime.timedelta(seconds=5), "the fifth waits a window more"
+    assert "2 new orders per account per 3 hours" in queued[0]["message"] and queued[0]["retry_after"] in queued[0]["message"]
+    assert "linkcert_ca_limits" in queued[0]["remediation"]
+    state = json.loads((tmp_path / "state" / "d2.customer.example.json").read_text())
+    assert state["retry_after"] == queued[0]["retry_after"] and state["reason"] == limits.QUEUED
+    check = make_runner(tmp_path, ca, check_mode=True, ca_limits=TWO_PER_3H).process(spec("d9.customer.example"))
+    assert check["reason"] == limits.QUEUED and not (tmp_path / "state" / "d9.customer.example.json").exists()
+    unpaced = make_runner(tmp_path, ca, ca_limits="none").process(spec("d2.customer.example"))
+    assert unpaced["action"] == "issued" and "retry_after" not in json.loads((tmp_path / "state" / "d2.customer.example.json").read_text())
+
+
+def test_an_ari_renewal_is_exempt_but_its_reorder_without_replaces_is_not(tmp_path):
+    ca = ScriptedCA()
+    for n in range(2):
+        make_runner(tmp_path, ca, ca_limits=TWO_PER_3H).process(spec("d%d.customer.example" % n))
+    ca.window = (NOW - datetime.timedelta(days=2), NOW - datetime.timedelta(days=1))
+    renewed = make_runner(tmp_path, ca, ca_limits=TWO_PER_3H).process(spec("d0.customer.example"))
+    assert renewed["action"] == "renewed" and ca.orders[-1]["replaces"], "the ledger is full, but replaces is exempt"
+    refusing = ReplacesRefusingCA(conflict("alreadyReplaced"))
+    refusing.window = ca.window
+    waiting = make_runner(tmp_path, refusing, ca_limits=TWO_PER_3H).process(spec("d1.customer.example"))
+    assert [bool(order["replaces"]) for order in refusing.orders] == [True], "the order without replaces would be counted: it waits"
+    assert (waiting["action"], waiting["ssl_status"], waiting["reason"]) == ("none", "issued", limits.QUEUED)
+    assert "installed certificate" in waiting["message"]
+
+
+class RateLimitedCA(ScriptedCA):
+    def new_order(self, names, deadline, replaces=None, profile=None):
+        self.orders.append({"names": list(names), "replaces": replaces, "profile": profile})
+        raise AcmeProblem('creating the order: the CA answered rateLimited: too many certificates (50) already issued for '
+                          '"customer.example" in the last 168h0m0s', "rateLimited", retry_at=time.time() + 7200)
+
+
+def test_a_429_past_the_run_blocks_what_it_refuses_for_the_next_orders(tmp_path):
+    ca = RateLimitedCA()
+    runner = make_runner(tmp_path, ca)
+    refused = runner.process(spec("a.customer.example"))
+    assert (refused["action"], refused["reason"]) == ("failed", "acme_rate_limited") and refused["retry_after"]
+    blocked = runner.process(spec("b.customer.example"))
+    assert len(ca.orders) == 1 and blocked["reason"] == limits.QUEUED
+    assert abs(run_module.parse_iso(blocked["retry_after"]) - run_module.parse_iso(refused["retry_after"])) < datetime.timedelta(seconds=2)
+    other = make_runner(tmp_path, ScriptedCA()).process(spec("a.other.example"))
+    assert other["action"] == "issued", "another registered domain is not blocked"

@@ -151,3 +151,25 @@ def test_a_held_certificate_keeps_its_status_when_the_watcher_gives_up() -> None
     found = {"ssl_status": "pending", "label": "SSL Pending", "reason": "dns_drift", "message": "DNS changed after the certificate was issued."}
     status, watch = _watch.after_check(state, found, T0 + 30 * DAY, DEFAULT)
     assert watch["stopped"] and status == found
+
+
+@pytest.mark.parametrize("status, state, next_check", [
+    # A queued order's turn is the next check, whatever the schedule says (earlier would find it still waiting).
+    ({"ssl_status": "pending", "reason": "ca_rate_limit_queued", "retry_after": iso(T0 + datetime.timedelta(hours=3))}, {},
+     T0 + datetime.timedelta(hours=3)),
+    # The role's check passes no retry_after: the state file the module wrote in the same run has it.
+    ({"ssl_status": "pending", "reason": "ca_rate_limit_queued"},
+     {"reason": "ca_rate_limit_queued", "retry_after": iso(T0 + datetime.timedelta(minutes=20))}, T0 + datetime.timedelta(minutes=20)),
+    ({"ssl_status": "pending", "reason": "acme_rate_limited", "retry_after": iso(T0 + datetime.timedelta(minutes=7))}, {},
+     T0 + datetime.timedelta(minutes=7)),
+    # A stale turn of another reason, or one already past, leaves the schedule alone.
+    ({"ssl_status": "unknown", "reason": "cname_mismatch"}, {"reason": "ca_rate_limit_queued", "retry_after": iso(T0 + datetime.timedelta(hours=3))},
+     T0 + datetime.timedelta(minutes=1)),
+    ({"ssl_status": "pending", "reason": "ca_rate_limit_queued", "retry_after": iso(T0 - datetime.timedelta(minutes=1))}, {},
+     T0 + datetime.timedelta(minutes=1)),
+])
+def test_a_paced_domain_is_checked_when_its_turn_comes(status: t.Dict[str, t.Any], state: t.Dict[str, t.Any],
+                                                       next_check: datetime.datetime) -> None:
+    result, watch = _watch.after_check(state, status, T0, DEFAULT)
+    assert watch is not None and parse_iso(watch["next_check"]) == next_check and watch["attempts"] == 1
+    assert result.get("retry_after") == status.get("retry_after")
