@@ -171,8 +171,9 @@ class AcmeClient:
                 if failure.reason in (_acme_errors.CA_UNREACHABLE,) and wait is None:
                     raise failure from cause
                 late = _acme_errors.PROBLEMS["rateLimited"] if wait else _acme_errors.ACME_EXCEPTIONS["TimeoutError"]
-                raise _acme_errors.AcmeFailure("%s: the CA asked to retry after %.0f s, past this certificate's deadline." % (what, pause),
-                                               late, failure.code, item, time.time() + wait if wait else None) from cause
+                said = " It said: %s" % failure.detail if failure.detail else ""
+                raise _acme_errors.AcmeFailure("%s: the CA asked to retry after %.0f s, past this certificate's deadline.%s" % (what, pause, said),
+                                               late, failure.code, item, time.time() + wait if wait else None, failure.detail) from cause
             time.sleep(pause)
             delay = min(delay * 2, 8.0)
         raise LinkcertError("%s: too many retries" % what, item=item, reason=_acme_errors.CA_UNREACHABLE)  # pragma: no cover

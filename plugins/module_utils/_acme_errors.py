@@ -190,11 +190,12 @@ class AcmeFailure(LinkcertError):
     """A failure on the way to, or from, the CA: its reason, remediation and retry rule (``code``: the problem type)."""
 
     def __init__(self, message: str, rule: Rule, code: t.Optional[str] = None, item: t.Optional[str] = None,
-                 retry_at: t.Optional[float] = None) -> None:
+                 retry_at: t.Optional[float] = None, detail: str = "") -> None:
         super().__init__(message, item=item, reason=rule.reason)
         self.rule = rule
         self.code = code
         self.retry_at = retry_at
+        self.detail = detail  # the CA's own words (a problem's detail), which may name the limit a 429 is for
         self.remediation = rule.remediation
         self.http_status: t.Optional[int] = None  # the CA's HTTP status, where it tells more than the problem type (409)
 
@@ -206,8 +207,9 @@ class AcmeFailure(LinkcertError):
 class AcmeProblem(AcmeFailure):
     """An RFC 7807 problem from the CA (``reason`` is ``acme_`` + the snake-cased type), with its rule."""
 
-    def __init__(self, message: str, code: str, item: t.Optional[str] = None, retry_at: t.Optional[float] = None) -> None:
-        super().__init__(message, problem_rule(code), code, item, retry_at)
+    def __init__(self, message: str, code: str, item: t.Optional[str] = None, retry_at: t.Optional[float] = None,
+                 detail: str = "") -> None:
+        super().__init__(message, problem_rule(code), code, item, retry_at, detail)
 
 
 def problem_rule(code: t.Optional[str]) -> Rule:
@@ -250,7 +252,8 @@ def classify(error: BaseException, what: str, code: t.Optional[str] = None, deta
     """The failure ``error`` stands for, while ``what`` was being done (a problem type ``code`` when there is one);
     ``ca`` names the CA in the message (its directory URL)."""
     if code is not None:
-        return AcmeProblem("%s: the CA answered %s: %s" % (what, code, detail or short_error(error)), code, item, retry_at)
+        said = detail or short_error(error)
+        return AcmeProblem("%s: the CA answered %s: %s" % (what, code, said), code, item, retry_at, said)
     rule = exception_rule(error) or _PROTOCOL
     return AcmeFailure("%s: %s (%s)." % (what, _describe(rule, ca), short_error(error)), rule, None, item, retry_at)
 

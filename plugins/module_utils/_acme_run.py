@@ -457,7 +457,7 @@ class Runner:
             issued = True
         except AcmeFailure as exc:
             if exc.code == RATE_LIMITED and exc.retry_at:  # a 429 past this run: nothing of what it refuses is ordered before its end
-                self._pacing(self.pacer.rate_limited, account, spec.names, exc.msg,
+                self._pacing(self.pacer.rate_limited, account, spec.names, getattr(exc, "detail", "") or exc.msg,
                              datetime.datetime.fromtimestamp(exc.retry_at, datetime.timezone.utc), utcnow())
             raise
         finally:  # a reservation becomes a certificate, or is dropped (the order still counts)

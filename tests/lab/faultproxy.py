@@ -38,6 +38,7 @@ class Fault:
     times: Optional[int] = None
     method: Optional[str] = None
     drop: bool = False
+    detail: Optional[str] = None  # the problem document's detail (default: says the proxy injected it)
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -142,7 +143,8 @@ class FaultProxy:
             return
         if fault is not None:
             problem = json.dumps({"type": "urn:ietf:params:acme:error:" + fault.problem,
-                                  "detail": "injected by the fault proxy (%d)" % fault.status, "status": fault.status}).encode()
+                                  "detail": fault.detail or "injected by the fault proxy (%d)" % fault.status,
+                                  "status": fault.status}).encode()
             headers = [("Content-Type", "application/problem+json")]
             if fault.retry_after is not None:
                 headers.append(("Retry-After", fault.retry_after))

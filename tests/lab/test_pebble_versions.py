@@ -169,7 +169,7 @@ def test_valid_authorizations_are_reused_without_publishing_a_challenge(pebble, 
     assert challenge_fetches(pebble) > fetches, "the first order is validated over HTTP-01"
     fetches = challenge_fetches(pebble)
     again = issue(pebble, tmp_path, domain, force=True)
-    assert again["action"] == "renewed"
+    assert again["action"] == "renewed", again
     assert challenge_fetches(pebble) == fetches, "a valid authorization was reused: no token published, none fetched"
     assert not any((Path(pebble.env()["LINKCERT_LAB_WEBROOT"]) / ".well-known" / "acme-challenge").glob("*")), "no token left behind"
 

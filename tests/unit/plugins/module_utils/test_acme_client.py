@@ -77,10 +77,14 @@ def test_rate_limit_honours_retry_after(client):
 
 
 def test_retry_after_past_deadline_fails_at_once(client):
-    action, calls = scripted(client, [({"Retry-After": "3600"}, problem("rateLimited"))])
+    detail = 'too many failed authorizations (5) for "a.example" in the last 1h0m0s'
+    action, calls = scripted(client, [({"Retry-After": "3600"}, problem("rateLimited", detail))])
     with pytest.raises(LinkcertError) as err:
         client._call("ordering", action, time.monotonic() + 10)
     assert err.value.reason == "acme_rate_limited" and client.sleeps == [] and len(calls) == 1
+    # The CA's words reach the status and the ledger: they name what the 429 refuses (here one name, not the account).
+    assert err.value.detail == detail and detail in err.value.msg
+    assert 3590 < err.value.retry_at - time.time() <= 3600
 
 
 def test_server_error_retried_then_reported(client):

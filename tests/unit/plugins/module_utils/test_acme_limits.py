@@ -197,3 +197,17 @@ def test_a_429_recorded_by_one_run_queues_the_next(tmp_path):
     assert caught.value.turn.at == at(90)
     pacer(tmp_path, limits.Limits()).admit("acct", ["b.other.example"], at(1))
     pacer(tmp_path, limits.Limits()).admit("acct", ["b.customer.example"], at(90))
+
+
+def test_without_limits_no_ledger_is_written_until_a_429_leaves_a_block(tmp_path):
+    unlimited = pacer(tmp_path, limits.Limits())
+    tokens = [unlimited.admit("acct", ["d%d.customer.example" % n], at(0)) for n in range(400)]
+    for token in tokens:
+        unlimited.settle("acct", token, True, at(1))
+    assert len(set(tokens)) == 400 and not (tmp_path / "state").exists()
+    unlimited.rate_limited("acct", ["x.customer.example"], 'too many failed authorizations (5) for "x.customer.example"', at(30), at(2))
+    with pytest.raises(limits.Queued):
+        unlimited.admit("acct", ["x.customer.example"], at(3))
+    unlimited.admit("acct", ["y.customer.example"], at(3))
+    ledger = json.loads((tmp_path / "state" / "ledger" / unlimited.file_name("acct")).read_text())
+    assert ledger["orders"] == [] and [(b["scope"], b["key"]) for b in ledger["blocks"]] == [("name", "x.customer.example")]
