@@ -48,7 +48,7 @@ demo: lab-start
 # free ports, boots its own test hosts), so on two cores they overlap each other's waits (boots, CA validation,
 # timers). Each group logs to .work/test-logs/GROUP.log, printed whole when the group ends; a table of the groups'
 # results and wall times ends the output, and the exit status says whether any failed.
-TEST_GROUPS := checks units molecule-default molecule-renewal molecule-fleet lab-py311 lab-py313
+TEST_GROUPS := checks units molecule-default molecule-trixie molecule-renewal molecule-fleet lab-py311 lab-py313
 # pytest-xdist workers per lab group: each worker starts its own lab; the tests of one file that share a booted
 # edge or a lab of their own stay on one worker (--dist loadfile).
 LAB_WORKERS ?= 3
@@ -89,10 +89,11 @@ integration:
 faults:
 	$(PY311)/python -m pytest tests/lab -q -m faults -n $(LAB_WORKERS) --dist loadfile
 
-# Roles on real Debian 12 hosts (systemd as PID 1, booted with systemd-nspawn, reached over SSH): default
-# (onboarding, idempotence, check mode), renewal (short-lived certificate renewed by the timer) and fleet
+# Roles on real Debian hosts (systemd as PID 1, booted with systemd-nspawn, reached over SSH): default
+# (onboarding, idempotence, check mode, the traffic contract, Mozilla's TLS profile) on Debian 12 and, as trixie,
+# the same on Debian 13, whatever this machine runs; renewal (short-lived certificate renewed by the timer) and fleet
 # (two edges behind one name, one order per certificate), side by side (each has its own hosts and lab).
-MOLECULE_SCENARIOS := default renewal fleet
+MOLECULE_SCENARIOS := default trixie renewal fleet
 
 molecule:
 	@$(PY311)/python scripts/testgroups.py $(ROOT)/.work/test-logs/molecule $(addprefix molecule-,$(MOLECULE_SCENARIOS))

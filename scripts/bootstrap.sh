@@ -53,6 +53,8 @@ make_venv() {  # name python requirements
 }
 
 make_venv py311 /usr/bin/python3 requirements/test-py311.txt
+# sslyze (Mozilla TLS profile check of a served certificate) in a venv of its own: it pins cryptography and pydantic.
+make_venv sslyze /usr/bin/python3 requirements/sslyze.txt
 if PY313=$(find_python313); then
   make_venv py313 "$PY313" requirements/test-py313.txt
 else

@@ -24,9 +24,12 @@ fi
 [ -r "$keyring" ] || { echo "fetch_pebble.sh: $keyring is missing (debian-archive-keyring)" >&2; exit 1; }
 mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs"
 echo "deb [signed-by=$keyring] $mirror $suite main" > "$apt_dir/sources.list"
+# An empty dpkg status of its own: apt must not take the host's installed pebble (Debian 13's 2.6 on a trixie
+# machine, newer than bookworm's) for the version to fetch, which the private lists cannot serve.
+: > "$apt_dir/status"
 options=(-o "Dir::Etc::sourcelist=$apt_dir/sources.list" -o Dir::Etc::sourceparts=/nonexistent
-         -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o Debug::NoLocking=1
-         -o APT::Sandbox::User=root -o APT::Get::List-Cleanup=0)
+         -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::State::status=$apt_dir/status" -o "Dir::Cache=$apt_dir/cache"
+         -o Debug::NoLocking=1 -o APT::Sandbox::User=root -o APT::Get::List-Cleanup=0)
 echo ">> pebble from Debian $suite (private apt lists in $apt_dir)"
 apt-get "${options[@]}" -qq update
 rm -f "$apt_dir"/debs/pebble_*.deb

@@ -1,4 +1,4 @@
-"""Disposable Debian 12 test hosts with systemd as PID 1, for molecule and integration tests.
+"""Disposable Debian 12 or 13 test hosts with systemd as PID 1, for molecule and integration tests.
 
 Usage (as root, Python 3.11 standard library only)::
 
@@ -14,8 +14,9 @@ Usage (as root, Python 3.11 standard library only)::
 
 How an instance is wired:
 
-* The cached root lives at ``<base>/root-bookworm`` (``<base>`` is ``.work/testhost`` of the
-  repository, or ``$LINKCERT_TESTHOST_DIR``). It is built into a temporary directory and renamed
+* The cached root lives at ``<base>/root-SUITE`` (``<base>`` is ``.work/testhost`` of the
+  repository, or ``$LINKCERT_TESTHOST_DIR``; SUITE is ``bookworm``, Debian 12, unless
+  ``$LINKCERT_TESTHOST_SUITE`` says ``trixie``, Debian 13, whatever this machine runs). It is built into a temporary directory and renamed
   into place only when complete; ``/etc/linkcert-testhost.json`` inside it records the suite and
   package list, and a root whose record differs from :data:`PACKAGES` is rebuilt.
 * ``up NAME`` copies it to ``<base>/NAME/root``, creates the network namespace ``lc-NAME`` and a
@@ -70,7 +71,11 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 REPO_DIR = Path(__file__).resolve().parent.parent
-SUITE = "bookworm"
+#: The Debian release of the test hosts: Debian 12 unless LINKCERT_TESTHOST_SUITE names another known one.
+SUITES = ("bookworm", "trixie")
+SUITE = os.environ.get("LINKCERT_TESTHOST_SUITE", "").strip() or "bookworm"
+if SUITE not in SUITES:
+    sys.exit("testhost.py: LINKCERT_TESTHOST_SUITE=%s is not one of %s" % (SUITE, ", ".join(SUITES)))
 VARIANT = "minbase"
 #: Everything the roles and tests need, baked in: the test hosts have no route to a registry.
 #: python3-apt lets ansible.builtin.apt check (not install) packages without network access.
@@ -310,6 +315,12 @@ def find_mirror() -> Dict[str, Optional[str]]:
         return {"uri": override, "keyring": None}
     for entry in _apt_sources():
         if SUITE in entry["suites"] and "main" in entry["components"] and entry["uris"]:
+            keyring = next((k for k in entry["signed_by"] if k.startswith("/") and os.path.exists(k)), None)
+            return {"uri": entry["uris"][0], "keyring": keyring}
+    # Another release than this machine's (trixie hosts on Debian 12, or the reverse): the machine's Debian mirror, whose
+    # archive keyring (debian-archive-keyring) signs both releases.
+    for entry in _apt_sources():
+        if "main" in entry["components"] and entry["uris"] and any(suite in SUITES for suite in entry["suites"]):
             keyring = next((k for k in entry["signed_by"] if k.startswith("/") and os.path.exists(k)), None)
             return {"uri": entry["uris"][0], "keyring": keyring}
     return {"uri": DEFAULT_MIRROR, "keyring": None}

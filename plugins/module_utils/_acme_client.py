@@ -235,6 +235,11 @@ class AcmeClient:
             uri = self._call("registering the ACME account", register, deadline, conflict_ok=True)
         except acme_errors.ConflictError as conflict:  # the key has an account already: its URL
             uri = str(conflict.location)
+        except _acme_errors.AcmeFailure as failure:
+            if binding is None or failure.code not in _acme_errors.EAB_REFUSAL_CODES:
+                raise
+            raise _acme_errors.AcmeFailure("the CA refused the external account binding of key id %s: %s" % (eab[0], failure.detail or failure.msg),
+                                           _acme_errors.EAB_RULE, failure.code, None, None, failure.detail) from failure
         self.account_uri = uri
         return uri
 

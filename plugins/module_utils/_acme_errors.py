@@ -47,6 +47,13 @@ DEADLINE = "deadline"
 ACME_CONFIG = "acme_config"
 
 
+#: The CA refused the external account binding while the account was registered.
+EAB_REFUSED = "eab_refused"
+#: The problem types a CA answers a refused binding with (Pebble: unauthorized; Boulder and others: malformed, or
+#: externalAccountRequired for a binding it cannot use).
+EAB_REFUSAL_CODES = frozenset(("unauthorized", "malformed", "externalAccountRequired", "badSignatureAlgorithm"))
+
+
 class Rule(t.NamedTuple):
     reason: str
     retry: str
@@ -129,6 +136,10 @@ _PROTOCOL = Rule(CA_PROTOCOL_ERROR, LATER, False,
                  "The CA's answer could not be understood; a later run tries again (report it if it stays).")
 HOST_CLOCK_RULE = Rule(HOST_CLOCK, FIX, False, "Check this host's clock (timedatectl, NTP); TLS verification is never switched off.")
 _BAD_URL = Rule(ACME_CONFIG, FIX, False, "Check acme_directory (linkcert_acme_directory): it must be the CA's https directory URL.")
+
+#: A binding the CA refused at registration: the pair is wrong, or used up (a CA may bind each pair once).
+EAB_RULE = Rule(EAB_REFUSED, FIX, False, "Check linkcert_acme_eab_kid and linkcert_acme_eab_hmac_key against the EAB credentials "
+                "your CA account shows (copied whole); a CA that binds each pair once needs a new pair for a new account key.")
 
 #: Every exception class of acme.errors, by name: its rule (a ``messages.Error`` goes through PROBLEMS instead).
 ACME_EXCEPTIONS: t.Dict[str, Rule] = {

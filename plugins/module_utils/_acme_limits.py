@@ -341,26 +341,30 @@ class Pacer:
     def registered(self, names: t.Sequence[str]) -> t.List[str]:
         return sorted({self._registered_domain(name) for name in names})
 
-    def admit(self, account: str, names: t.Sequence[str], now: datetime.datetime) -> str:
+    def admit(self, account: str, names: t.Sequence[str], now: datetime.datetime, exempt: bool = False) -> str:
         """Record an order for ``names`` about to be placed and return its reservation; raise Queued (with the turn)
-        when it would go past a limit or a block. In check mode nothing is written."""
+        when it would go past a limit or a block. In check mode nothing is written.
+
+        ``exempt``: an order the CA's limits do not count (an ARI renewal with ``replaces``): only the blocks a 429
+        left apply to it (the CA refused those names itself, and said until when), and nothing is reserved."""
         registered = self.registered(names)
         found: t.List[t.Any] = []
+        chosen = Limits() if exempt else self.limits
 
         def change(ledger: t.Dict[str, t.Any], moment: datetime.datetime) -> t.Optional[t.Dict[str, t.Any]]:
-            turn = turn_for(ledger, self.limits, names, registered, moment, self._ahead)
+            turn = turn_for(ledger, chosen, names, registered, moment, self._ahead)
             if turn is not None:
                 for pair in buckets(names, registered):
-                    if getattr(self.limits, pair[0], None) is not None:
+                    if getattr(chosen, pair[0], None) is not None:
                         self._ahead[pair] = self._ahead.get(pair, 0) + 1
                 found.append(turn)
                 return None
             self._serial += 1
             token = "%s-%d" % (iso(moment), self._serial)
             found.append(token)
-            return None if self._check_mode or self.limits.empty() else reserve(ledger, names, registered, moment, token)
+            return None if self._check_mode or chosen.empty() else reserve(ledger, names, registered, moment, token)
 
-        if self._check_mode or self.limits.empty():
+        if self._check_mode or chosen.empty():
             with self._lock:
                 change(self._load(account, now), now)
         else:

@@ -347,6 +347,12 @@ def _renew_before_days(renew_before: t.Union[str, int]) -> t.Optional[int]:
     raise InputError("renew_before must be 'auto' or a whole number of days of at least 1, not %r" % (renew_before,), item=str(renew_before))
 
 
+#: A time picked in the CA's ARI window is followed unless it leaves less than this share of the lifetime, or falls
+#: past notAfter (Pebble 2.6 suggests a 2-day window around two thirds of any lifetime, a one-minute certificate's
+#: too): then the lifetime rule decides, so no certificate expires waiting for a window.
+ARI_LEAST_LEFT = 0.1
+
+
 def decide(info: t.Optional[CertInfo], wanted_names: t.Sequence[str], wanted_key_type: str, now: datetime.datetime,
            renew_before: t.Union[str, int], force: bool = False, ari_renew_at: t.Optional[datetime.datetime] = None,
            ari_offered: bool = False) -> Decision:
@@ -381,11 +387,15 @@ def decide(info: t.Optional[CertInfo], wanted_names: t.Sequence[str], wanted_key
                         "%s is not valid before %s but the clock here says %s: the host clock or the CA clock is off, so it is left alone." % (
                             subject, iso(info.not_before), iso(now)))
 
-    if days is None and ari_renew_at is not None:
-        renew_after, reason, rule = _utc(ari_renew_at), "ari_window", "the CA's renewal window (ARI)"
+    ari_at = _utc(ari_renew_at) if ari_renew_at is not None else None
+    ari_too_late = ari_at is not None and ari_at > info.not_after - (info.not_after - info.not_before) * ARI_LEAST_LEFT
+    if days is None and ari_at is not None and not ari_too_late:
+        renew_after, reason, rule = ari_at, "ari_window", "the CA's renewal window (ARI)"
     elif days is None:
         renew_after, reason, rule = lifetime_renew_after(info), "lifetime_threshold", (
             "half its lifetime" if info.not_after - info.not_before < SHORT_LIFETIME else "a third of its lifetime") + " left"
+        if ari_too_late:
+            rule += "; the CA's renewal window (ARI) would leave less than a tenth of the lifetime"
     else:
         renew_after, reason, rule = days_renew_after(info, days), "days_threshold", "renew_before of %d days" % days
         if renew_after <= info.not_before:

@@ -17,6 +17,7 @@ touches the installed pair.
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime
 import os
@@ -99,6 +100,26 @@ def _disjoint_roots(roots: t.Mapping[str, str]) -> None:
                                  item=roots[inner])
 
 
+#: RFC 7518 3.2: an HS256 key MUST be at least the hash's size, 256 bits (CAs hand out 32 to 64 bytes). Pebble 2.6 and
+#: Boulder refuse a shorter one with a bare "error in cryptographic primitive".
+EAB_KEY_MIN_BYTES = 32
+_BASE64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
+
+
+def _check_eab_key(key: str) -> str:
+    """The EAB MAC key as the CA gave it: base64url of at least 32 bytes (a key cut short by a paste is the usual cause).
+    The message names the option and the decoded length, never the key."""
+    text = key.strip()
+    if not _BASE64URL.match(text) or len(text.rstrip("=")) % 4 == 1:
+        raise InputError("eab_hmac_key is not base64url text (A-Z, a-z, 0-9, '-' and '_'): copy the MAC key exactly as the CA "
+                         "shows it", item="eab_hmac_key")
+    size = len(base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4)))
+    if size < EAB_KEY_MIN_BYTES:
+        raise InputError("eab_hmac_key decodes to %d bytes; an HS256 MAC key has at least %d (RFC 7518 3.2), so it was probably "
+                         "cut short: copy the whole key the CA gave" % (size, EAB_KEY_MIN_BYTES), item="eab_hmac_key")
+    return text
+
+
 def settings_from_options(p: t.Mapping[str, t.Any], check_mode: bool = False) -> Settings:
     """Validate the module's options (the renewal runner's configuration uses the same keys) and build Settings.
 
@@ -115,6 +136,7 @@ def settings_from_options(p: t.Mapping[str, t.Any], check_mode: bool = False) ->
     _disjoint_roots({option: p[option] for option in roots})
     if bool(p.get("eab_kid")) != bool(p.get("eab_hmac_key")):
         raise InputError("give both eab_kid and eab_hmac_key, or neither", item="eab_kid")
+    eab_key = _check_eab_key(str(p["eab_hmac_key"])) if p.get("eab_hmac_key") else None
     renew_before: t.Union[str, int] = str(p.get("renew_before", "auto")).strip().lower()
     if renew_before != "auto":
         if not str(renew_before).isdigit() or not 0 < int(renew_before) < 3650:
@@ -132,7 +154,7 @@ def settings_from_options(p: t.Mapping[str, t.Any], check_mode: bool = False) ->
         directory_url=p["acme_directory"], ca_bundle=p.get("acme_ca_bundle") or None,
         account_key=p.get("account_key") or os.path.join(p["state_root"], "account.key"),
         email=p.get("account_email") or None, terms_agreed=bool(p.get("terms_agreed")),
-        eab=(p["eab_kid"], p["eab_hmac_key"]) if p.get("eab_kid") else None,
+        eab=(p["eab_kid"], eab_key) if p.get("eab_kid") and eab_key else None,
         webroot=p["webroot"], cert_root=p["cert_root"], state_root=p["state_root"],
         key_type=p.get("key_type") or "ec256", reuse_key=bool(p.get("reuse_key")), renew_before=renew_before,
         profile=p.get("profile") or None, self_check=bool(p.get("self_check", True)), challenge_port=port,
@@ -358,9 +380,9 @@ class Runner:
                                   % (spec.domain, failed_limit.count, failed_limit.window, iso(held)), retry_after=iso(held))
             return self._save(spec.domain, loaded, state, result, attempted=False)
         action = "renewed" if info else "issued"
-        if self.s.check_mode and not decision.replaces and self.account_uri:
+        if self.s.check_mode and self.account_uri:
             try:  # reads the ledger only
-                self.pacer.admit(self.account_uri, spec.names, now)
+                self.pacer.admit(self.account_uri, spec.names, now, exempt=bool(decision.replaces))
             except limits.Queued as exc:
                 return self._queued(base, info, decision, exc)
         if self.s.check_mode:
@@ -389,7 +411,12 @@ class Runner:
         new_info = renewal.cert_info(cert_pem)
         state["last_success"] = iso(utcnow())
         state.pop("ari", None)
-        after = renewal.decide(new_info, spec.names, self.s.key_type, utcnow(), self.s.renew_before)
+        # The new certificate's renewal window is asked at once (ARI, where the CA offers it) on the connection this run
+        # has open: the runs that follow find it kept until the CA's Retry-After, and a timer run with nothing due
+        # contacts the CA for nothing. A lookup that fails costs nothing: the next run asks again.
+        ari_at = self._ari(spec.domain, new_info, state, deadline)
+        after = renewal.decide(new_info, spec.names, self.s.key_type, utcnow(), self.s.renew_before, ari_renew_at=ari_at,
+                               ari_offered=bool(self.features().get("ari")))
         result = self._report(base, new_info, after, action, action, "%s a certificate for %s, valid until %s." % (
             "Renewed" if info else "Issued", ", ".join(spec.names), iso(new_info.not_after)))
         result["changed"] = True
@@ -404,10 +431,11 @@ class Runner:
             return None
         cached = state.get("ari") or {}
         now = utcnow()
-        if cached.get("cert_id") == info.ari_cert_id and cached.get("renew_at") and parse_iso(cached.get("retry_after", "1970-01-01T00:00:00Z")) > now:
-            return parse_iso(cached["renew_at"])
+        kept = cached.get("cert_id") == info.ari_cert_id and ("renew_at" in cached)
+        if kept and (self.s.check_mode or parse_iso(cached.get("retry_after", "1970-01-01T00:00:00Z")) > now):
+            return parse_iso(cached["renew_at"]) if cached.get("renew_at") else None
         if self.s.check_mode:
-            return parse_iso(cached["renew_at"]) if cached.get("cert_id") == info.ari_cert_id and cached.get("renew_at") else None
+            return None
         try:
             answer = self.client(deadline).renewal_info(info.ari_cert_id, deadline, domain)
         except LinkcertError:
@@ -417,9 +445,14 @@ class Runner:
         window = renewal.parse_ari(answer[0], answer[1], now)
         if window is None:
             return None
-        renew_at = renewal.pick_in_window(window, self._rng)
-        state["ari"] = {"cert_id": info.ari_cert_id, "start": iso(window.start), "end": iso(window.end), "renew_at": iso(renew_at),
-                        "retry_after": iso(window.retry_after), "explanation_url": window.explanation_url}
+        # A window as long as the certificate's whole lifetime says nothing about when (Pebble 2.6 suggests two days
+        # around two thirds of any lifetime, a one-minute certificate's too): it is kept, but the lifetime rule decides.
+        # A window in the past (a revoked certificate) is short, and is followed: renew now.
+        uninformative = window.end > now and window.end - window.start >= info.not_after - info.not_before
+        renew_at = None if uninformative else renewal.pick_in_window(window, self._rng)
+        state["ari"] = {"cert_id": info.ari_cert_id, "start": iso(window.start), "end": iso(window.end),
+                        "renew_at": iso(renew_at) if renew_at else None, "retry_after": iso(window.retry_after),
+                        "explanation_url": window.explanation_url}
         return renew_at
 
     def _issue(self, spec: CertSpec, existing: t.Optional[t.Dict[str, bytes]], decision: t.Any,
@@ -436,8 +469,9 @@ class Runner:
         client = self.client(deadline)
         profile = renewal.check_profile(self.s.profile, self.features()) if self.s.profile else None
         account = str(client.account_uri)
-        # An ARI renewal (replaces) is exempt from the CA's limits: neither checked nor counted.
-        tokens = [] if decision.replaces else [self.pacer.admit(account, spec.names, utcnow())]
+        # An ARI renewal (replaces) is exempt from the CA's limits: not counted, and held back only by a 429's block.
+        token = self.pacer.admit(account, spec.names, utcnow(), exempt=bool(decision.replaces))
+        tokens = [] if decision.replaces else [token]
         issued = False
         try:
             order_url, order = self._place_order(client, spec, decision, profile, deadline, account, tokens)

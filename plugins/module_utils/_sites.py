@@ -62,8 +62,15 @@ _NGINX_VERSION = re.compile(r"nginx/(\d+)\.(\d+)\.(\d+)")
 
 _CIPHERS = ":".join(("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
                      "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305"))
+# Mozilla's "intermediate" configuration (guidelines 5.7, https://ssl-config.mozilla.org/), as sslyze checks it in the
+# molecule default scenario: TLS 1.2 and 1.3, ECDHE with AES-GCM or ChaCha20 (the DHE suites left out: no dhparam file
+# to keep), the client's cipher order, and only the curves it lists (nginx's "auto" also offers X448 and P-521).
+# No OCSP stapling: Let's Encrypt ended OCSP in 2025. The default server carries the same lines: OpenSSL settles
+# parts of the handshake (the curves offered) from the context a connection starts in, the default server's, before
+# SNI selects a customer's server.
 _TLS = """\
     ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ecdh_curve X25519:prime256v1:secp384r1;
     ssl_ciphers %s;
     ssl_prefer_server_ciphers off;
     ssl_session_cache shared:linkcert:10m;
@@ -229,7 +236,7 @@ def render(records: t.Iterable[t.Mapping[str, t.Any]], options: SiteOptions, now
             "# Port 443 of the traffic contract: a name with a valid certificate installed gets its own; every other\n"
             "# name (pending, unknown, expired, removed, never heard of) is refused with a TLS alert, so no\n"
             "# certificate of another customer is ever shown.\n"
-            "server {\n" + _listen(options, default=True) + "    ssl_reject_handshake on;\n}\n"]
+            "server {\n" + _listen(options, default=True) + "    ssl_reject_handshake on;\n" + _TLS + "}\n"]
     for site in served:
         conf.append("\n# %s: %s\n" % (site.domain, "SSL Issued, plain HTTP redirected here" if site.redirect and options.http_redirect
                                       else "served, plain HTTP proxied (held or not issued)" if not site.redirect else "SSL Issued"))

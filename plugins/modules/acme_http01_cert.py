@@ -94,7 +94,9 @@ options:
     description: External account binding key identifier, for CAs that require it.
     type: str
   eab_hmac_key:
-    description: External account binding MAC key (base64url). Never logged.
+    description:
+      - External account binding MAC key (base64url), exactly as the CA gives it. Never logged.
+      - It must decode to at least 32 bytes (HS256, RFC 7518 3.2); a shorter one (a paste cut short) is refused before anything runs.
     type: str
   webroot:
     description:
@@ -147,7 +149,8 @@ options:
         C(duplicate_certificates) (per set of names) and C(failed_authorizations) (per name), each
         a mapping of C(count) and C(window_hours). Let's Encrypt's are 300 per 3 h, 50 per 168 h, 5 per 168 h and 5 per 1 h.
       - Renewals that carry an ARI C(replaces) are exempt, as at Let's Encrypt. A 429 from the CA with a C(Retry-After) past the
-        run blocks what it refuses (the account, a registered domain, a set of names or a name, from the problem detail) until then.
+        run blocks what it refuses (the account, a registered domain, a set of names or a name, from the problem detail) until then,
+        ARI renewals included.
       - C(failed_authorizations) also sets the failed-validation guard (C(rate_limit_guard)); without it the guard counts 5 per hour.
     type: raw
     default: auto

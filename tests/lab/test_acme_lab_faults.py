@@ -22,7 +22,8 @@ ADDR = "127.0.0.1"
 # even on two CPUs busy with the rest of the suite (an ansible run has taken up to 10 s there).
 VALIDITY = 60
 EAB_KID = "linkcert-lab"
-EAB_HMAC = base64.urlsafe_b64encode(b"linkcert lab external account k").decode().rstrip("=")
+# 32 bytes: HS256 needs at least that (RFC 7518 3.2); Pebble 2.6 refuses less, and so does the module.
+EAB_HMAC = base64.urlsafe_b64encode(b"linkcert lab external account key").decode().rstrip("=")
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,16 @@ def test_external_account_binding(hard_lab, tmp_path):
     without = {k: v for k, v in args.items() if not k.startswith("eab_")}
     refused = run_module("acme_http01_cert", without)
     assert refused.result["results"][0]["reason"] == "eab_required"
+    # A key of the right form that is not the CA's: the binding is refused, said as such (not as a failed challenge).
+    wrong_key = base64.urlsafe_b64encode(b"not the key this CA gave for kid!").decode().rstrip("=")
+    wrong = run_module("acme_http01_cert", dict(args, eab_hmac_key=wrong_key))
+    result = wrong.result["results"][0]
+    assert (result["reason"], result["ssl_status"], result["retry"]) == ("eab_refused", "pending", "fix"), result
+    assert "linkcert_acme_eab_hmac_key" in result["remediation"] and EAB_KID in result["message"]
+    # One cut short by a paste is named before anything is sent.
+    short = run_module("acme_http01_cert", dict(args, eab_hmac_key=EAB_HMAC[:40]))
+    assert short.state == "FAILED!" and "eab_hmac_key decodes to 30 bytes" in short.result["msg"], short.stdout
     bound = run_module("acme_http01_cert", args)
     assert bound.state == "CHANGED" and bound.result["results"][0]["action"] == "issued"
-    assert EAB_HMAC not in bound.stdout + bound.stderr + refused.stdout
+    for run in (bound, refused, wrong, short):
+        assert EAB_HMAC not in run.stdout + run.stderr and EAB_HMAC[:40] not in run.stdout + run.stderr

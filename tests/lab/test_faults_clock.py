@@ -144,8 +144,12 @@ def ari_prefix(env: SimpleNamespace) -> Optional[str]:
 
 
 def ca_requests_other_than_ari(env: SimpleNamespace) -> List[Any]:
+    """What reached the CA besides asking for a renewal window: the renewalInfo GET and the directory read before it
+    (where the CA offers ARI: Debian 13's Pebble 2.6, the lab's own on a trixie machine)."""
     prefix = ari_prefix(env)
-    return [entry for entry in env.proxy.forwarded() if not (prefix and entry[1].startswith(prefix))]
+    if not prefix:
+        return list(env.proxy.forwarded())
+    return [entry for entry in env.proxy.forwarded() if not (entry[1].startswith(prefix) or (entry[0], entry[1]) == ("GET", "/dir"))]
 
 
 def route(env: SimpleNamespace, domain: str) -> None:

@@ -1,87 +1,32 @@
 """`make demo`'s path end to end: lab/edgelab.py boots an edge (Debian 12, systemd, nginx) with Pebble
 and DNS beside it, and playbooks/onboard_domain.yml, renew.yml (under ansible-runner, as AWX runs it)
-and status.yml run on inventories/lab exactly as a user runs them."""
+and status.yml run on inventories/lab exactly as a user runs them. Renewals on such an edge (due, held by DNS
+drift or a broken nginx) are test_onboard_renewals.py's, on an edge of its own."""
 
 from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import socket
 import ssl
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
-import labctl
 import pytest
 from prometheus_client import parser
 from labtools import BIN, REPO, ansible_env, run_playbook
+import onboard_edge
+from onboard_edge import GOOD, INVENTORY, PLAYBOOK, on_edge, run_status, served, table
 import test_status_page_browser
 from test_status_page_browser import artifacts_dir, counter, visible_keys
 
 pytestmark = [pytest.mark.lab, pytest.mark.integration, pytest.mark.testhost]
 
-PLAYBOOK = "playbooks/onboard_domain.yml"
-INVENTORY = "inventories/lab"
-EDGELAB = REPO / "lab" / "edgelab.py"
-TESTHOST = REPO / "scripts" / "testhost.py"
-GOOD = ("links.example.com", "em.example.com")
-
-
-@pytest.fixture(scope="module")
-def edge_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any]]:
-    """The demo's lab on free ports in a directory of its own, with an edge named for this process."""
-    lab_dir = tmp_path_factory.mktemp("edgelab")
-    env = dict(os.environ, LINKCERT_LAB_DIR=str(lab_dir), LINKCERT_LAB_EDGE_HOST="pe-%d" % os.getpid(), PEBBLE_AUTHZREUSE="0")
-    for var in ("ACME", "ACME_MGMT", "TLS", "DNS", "DNS_MGMT"):
-        env["LINKCERT_LAB_%s_PORT" % var] = "auto"
-    start = subprocess.run([sys.executable, str(EDGELAB), "start"], env=env, capture_output=True, text=True, check=False)
-    try:
-        assert start.returncode == 0, start.stdout + start.stderr
-        info = json.loads((lab_dir / "lab.json").read_text())
-        info["edge"] = json.loads((lab_dir / "edge.json").read_text())
-        info["env"] = {"LINKCERT_LAB_DIR": str(lab_dir)}
-        yield info
-    finally:
-        subprocess.run([sys.executable, str(EDGELAB), "stop"], env=env, check=False)
-    assert not (lab_dir / "edge.json").exists()
-
-
-@pytest.fixture(scope="module")
-def pebble_root(edge_lab: Dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return labctl.write_pebble_root(edge_lab, tmp_path_factory.mktemp("pebble") / "root.pem")
-
-
-@pytest.fixture(scope="module")
-def first_run(edge_lab: Dict[str, Any]):
-    return run_playbook(PLAYBOOK, INVENTORY, env=edge_lab["env"])
-
-
-def table(stdout: str) -> List[str]:
-    """The status lines printed by the certificate role's report."""
-    section = stdout.split("TASK [mailops.linkcert.certificate : Report every domain]", 1)[1].split("TASK [", 1)[0]
-    return [line.strip() for line in section.splitlines() if "  SSL " in line]
-
-
-def served(edge_lab: Dict[str, Any], pebble_root: Path, name: str) -> Dict[str, Any]:
-    """The certificate the edge serves for NAME by SNI, verified against Pebble's root."""
-    context = ssl.create_default_context(cafile=str(pebble_root))
-    with socket.create_connection((edge_lab["edge"]["ansible_host"], 443), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=name) as tls:
-            return tls.getpeercert()
-
-
-def on_edge(edge_lab: Dict[str, Any], command: str) -> str:
-    proc = subprocess.run([sys.executable, str(TESTHOST), "exec", edge_lab["edge"]["linkcert_lab_edge_host"], "--", "sh", "-c", command],
-                          capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+# The edge of this file (onboard_edge.py's fixtures, module-scoped: started for this file, stopped after it).
+edge_lab, pebble_root, first_run = onboard_edge.edge_lab, onboard_edge.pebble_root, onboard_edge.first_run
 
 
 def test_onboarding_issues_serves_and_reports_each_domain(edge_lab, first_run, pebble_root):
@@ -220,170 +165,6 @@ def test_nginx_rejecting_new_files_gets_the_previous_ones_back_and_keeps_serving
     assert served(edge_lab, pebble_root, GOOD[0])["serialNumber"] == serial
 
 
-# Not shorter than the demo's 90-day lifetime: every run renews.
-DUE = {"certificate_renew_before": 90}
-
-
-def orders_so_far(edge_lab: Dict[str, Any]) -> int:
-    """New-order requests Pebble has logged."""
-    return (Path(edge_lab["env"]["LINKCERT_LAB_DIR"]) / "log" / "pebble.log").read_text().count("/order-plz")
-
-
-def nginx_workers(edge_lab: Dict[str, Any]) -> str:
-    """nginx's master pid and its workers' pids, once nginx is settled: a reload replaces the workers. Workers of an
-    earlier reload finish their connections first ("shutting down"), and right after a reload they may not say so yet;
-    so this waits (bounded) until no worker is shutting down and two looks a second apart agree."""
-    look = ("m=$(systemctl show -p MainPID --value nginx); echo $m; "
-            "ps -o pid=,args= --ppid $m | awk '{print $1, ($0 ~ /shutting down/) ? \"old\" : \"current\"}' | sort -n")
-    previous = None
-    for _attempt in range(30):
-        seen = on_edge(edge_lab, look)
-        if "old" not in seen and seen == previous:
-            return seen
-        previous = seen
-        time.sleep(1)
-    pytest.fail("nginx did not settle (workers of an earlier reload still shutting down):\n%s" % previous)
-    return ""
-
-
-def test_a_broken_nginx_config_on_the_edge_orders_nothing_and_keeps_serving(edge_lab, first_run, pebble_root):
-    """A colleague's half-finished edit in conf.d: nginx -t fails. The renewal that comes due orders nothing, nginx
-    is not reloaded, the working certificates stay served, and the play fails naming the file; fixed, the next run renews."""
-    broken = "/etc/nginx/conf.d/customer-redirects.conf"
-    pairs = "sha256sum /etc/linkcert/live/*/privkey.pem /etc/linkcert/live/*/fullchain.pem"
-    before, workers = on_edge(edge_lab, pairs), nginx_workers(edge_lab)
-    serials = {name: served(edge_lab, pebble_root, name)["serialNumber"] for name in GOOD}
-    orders = orders_so_far(edge_lab)
-
-    on_edge(edge_lab, "printf 'linkcert_no_such_directive on;\\n' > %s" % broken)
-    try:
-        run = run_playbook(PLAYBOOK, INVENTORY, extra_vars=DUE, env=edge_lab["env"])
-        said = " ".join(run.stdout.split())
-        assert run.rc != 0 and run.total("failed") == 1, run.stdout
-        assert "cannot load its configuration, so nothing was ordered for links.example.com, em.example.com" in said, run.stdout
-        assert 'unknown directive "linkcert_no_such_directive" in %s:1' % broken in said
-        rows = {line.split()[0]: line for line in table(run.stdout)}
-        for name in GOOD:
-            assert "SSL Issued" in rows[name] and "renewal failed (server_config_broken), still served" in rows[name], rows[name]
-            state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
-            assert state["reason"] == "server_config_broken" and state["ssl_status"] == "issued"
-            assert served(edge_lab, pebble_root, name)["serialNumber"] == serials[name]
-        assert orders_so_far(edge_lab) == orders, "a certificate nginx could not load was ordered"
-        assert on_edge(edge_lab, pairs) == before and nginx_workers(edge_lab) == workers, "files changed or nginx was reloaded"
-        assert on_edge(edge_lab, "systemctl is-active nginx").strip() == "active"
-    finally:
-        on_edge(edge_lab, "rm -f %s" % broken)
-
-    fixed = run_playbook(PLAYBOOK, INVENTORY, extra_vars=DUE, env=edge_lab["env"])
-    assert fixed.rc == 0, fixed.stdout
-    assert orders_so_far(edge_lab) == orders + len(GOOD)
-    for name in GOOD:
-        state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
-        now_served = served(edge_lab, pebble_root, name)["serialNumber"]
-        assert state["action"] == "renewed" and now_served != serials[name] and int(now_served, 16) == int(state["serial"], 16)
-
-
-def test_dns_drift_and_a_failing_caa_parent_hold_renewal_and_keep_serving(edge_lab, first_run, pebble_root):
-    """Due certificates (renew_before 90 days): links.example.com's CNAME now points elsewhere (the customer moved it),
-    and example.com, em.example.com's CAA parent, answers SERVFAIL. Nothing is ordered, both stay served; drift is
-    SSL Pending with the record to publish, the failed lookup keeps SSL Issued. With DNS right again both renew."""
-    lab = labctl.Lab.from_env(edge_lab)
-    moved, caa_failing = GOOD
-    serials = {name: served(edge_lab, pebble_root, name)["serialNumber"] for name in GOOD}
-    orders = orders_so_far(edge_lab)
-    lab.dns_set("cname", moved, "elsewhere.example.org")
-    lab.dns_set("servfail", "example.com", True)
-    # DNS stays broken until the records are read: the edge's watch timer checks held domains too, and with DNS right
-    # again it would (rightly) lift the holds before this test has looked at them.
-    try:
-        run = run_playbook(PLAYBOOK, INVENTORY, extra_vars=DUE, env=edge_lab["env"])
-        assert run.rc == 0, run.stdout
-        rows = {line.split()[0]: line for line in table(run.stdout)}
-        assert re.search(r"SSL Pending\s+dns_drift: publish links\.example\.com\. CNAME edge\.linkcert\.example\.", rows[moved]), rows[moved]
-        assert re.search(r"SSL Issued\s+expires \S+; renewal held \(caa_dns_error\)", rows[caa_failing]), rows[caa_failing]
-        assert orders_so_far(edge_lab) == orders, "an order went out for a held domain"
-        for name, reason, status in ((moved, "dns_drift", "pending"), (caa_failing, "caa_dns_error", "issued")):
-            state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
-            assert (state["reason"], state["ssl_status"]) == (reason, status), state
-            assert int(state["serial"], 16) == int(serials[name], 16), "the record lost its certificate"
-            assert served(edge_lab, pebble_root, name)["serialNumber"] == serials[name], "%s is no longer served" % name
-        assert "SERVFAIL" in json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % caa_failing))["message"]
-    finally:
-        lab.dns_set("cname", moved, "edge.linkcert.example")
-        lab.dns_set("servfail", "example.com", False)
-
-    again = run_playbook(PLAYBOOK, INVENTORY, extra_vars=DUE, env=edge_lab["env"])
-    assert again.rc == 0, again.stdout
-    assert orders_so_far(edge_lab) == orders + len(GOOD)
-    for name in GOOD:
-        state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
-        assert (state["action"], state["ssl_status"]) == ("renewed", "issued"), state
-        assert int(served(edge_lab, pebble_root, name)["serialNumber"], 16) == int(state["serial"], 16) != int(serials[name], 16)
-
-
-def test_renewal_run_holds_drift_and_status_shows_it_until_dns_is_right(edge_lab, first_run, pebble_root, tmp_path):
-    """renew.yml (as AWX runs it) when the customer moved links.example.com's CNAME away and published a CAA for
-    em.example.com that forbids our CA: nothing is ordered for them, both are SSL Pending with the record to fix and
-    keep serving their certificates; status.yml and its page say so; with DNS right again the next run renews."""
-    lab = labctl.Lab.from_env(edge_lab)
-    moved, forbidden = GOOD
-    serials = {name: served(edge_lab, pebble_root, name)["serialNumber"] for name in GOOD}
-    orders = orders_so_far(edge_lab)
-    lab.dns_set("cname", moved, "elsewhere.example.org")
-    lab.dns_set("caa", forbidden, "issue sectigo.com")
-    try:
-        renew = run_playbook("playbooks/renew.yml", INVENTORY, extra_vars=DUE, env=edge_lab["env"])
-        assert renew.rc == 0, renew.stdout
-        assert orders_so_far(edge_lab) == orders, "an order went out for a drifted domain"
-        for name, reason in ((moved, "dns_drift"), (forbidden, "caa_drift")):
-            state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
-            assert (state["ssl_status"], state["reason"]) == ("pending", reason), state
-            assert served(edge_lab, pebble_root, name)["serialNumber"] == serials[name], "%s is no longer served" % name
-        run, rows, page = run_status(edge_lab, tmp_path)
-        assert run.rc == 0, run.stdout
-        assert (rows[moved]["reason"], rows[moved]["remediation"]) == ("dns_drift", "links.example.com. CNAME edge.linkcert.example.")
-        assert rows[forbidden]["reason"] == "caa_drift" and 'CAA 0 issue "letsencrypt.org"' in rows[forbidden]["remediation"]
-        assert all(rows[name]["label"] == "SSL Pending" and rows[name]["alerts"] for name in GOOD)
-        assert "dns_drift" in page and "caa_drift" in page
-        failing, _rows, _page = run_status(edge_lab, tmp_path, linkcert_fail_on="alert")
-        said = " ".join(failing.stdout.split())
-        assert failing.rc != 0 and re.search(r"2 domain\(s\) with alerts: (links|em)\.example\.com, (em|links)\.example\.com", said), \
-            said[said.find("Fail on alerts"):][:600]
-    finally:
-        lab.dns_set("cname", moved, "edge.linkcert.example")
-        lab.dns_clear("caa", forbidden)
-
-    healed = run_playbook("playbooks/renew.yml", INVENTORY, extra_vars=DUE, env=edge_lab["env"])
-    assert healed.rc == 0, healed.stdout
-    assert orders_so_far(edge_lab) == orders + len(GOOD)
-    for name in GOOD:
-        state = json.loads(on_edge(edge_lab, "cat /var/lib/linkcert/state/%s.json" % name))
-        assert (state["action"], state["ssl_status"]) == ("renewed", "issued")
-        assert int(served(edge_lab, pebble_root, name)["serialNumber"], 16) == int(state["serial"], 16) != int(serials[name], 16)
-
-
-def test_status_reports_a_certificate_renewed_on_disk_but_not_served(edge_lab, first_run, pebble_root, tmp_path):
-    """The renewal runner renews on disk with --no-reload (as if the reload had been forgotten): status.yml connects with
-    SNI, sees the old serial served and says served_mismatch with the fix; after a reload it is served_ok again."""
-    old = {name: served(edge_lab, pebble_root, name)["serialNumber"] for name in GOOD}
-    on_edge(edge_lab, "python3 -c 'import json; c = json.load(open(\"/etc/linkcert/renew.json\")); c[\"force\"] = True; "
-                      "json.dump(c, open(\"/root/renew-forced.json\", \"w\"))'")
-    on_edge(edge_lab, "python3 /usr/local/lib/linkcert/linkcert-renew.pyz --config /root/renew-forced.json --no-reload; rm /root/renew-forced.json")
-    run, rows, page = run_status(edge_lab, tmp_path)
-    assert run.rc == 0, run.stdout
-    for name in GOOD:
-        row = rows[name]
-        assert (row["reason"], row["label"]) == ("served_mismatch", "SSL Issued"), row
-        assert int(row["served_serial"], 16) == int(old[name], 16) != int(row["serial"], 16)
-        assert "nginx has not been reloaded" in row["message"] and "systemctl reload nginx" in row["remediation"]
-    assert "served_mismatch" in page
-    on_edge(edge_lab, "nginx -t && systemctl reload nginx")
-    run, rows, _page = run_status(edge_lab, tmp_path)
-    assert run.rc == 0
-    for name in GOOD:
-        assert rows[name]["alerts"] == [] and int(rows[name]["served_serial"], 16) == int(rows[name]["serial"], 16)
-
-
 def test_metrics_for_node_exporter_are_on_the_edge(edge_lab, first_run):
     """The onboarding run wrote node_exporter textfile metrics; Prometheus' own parser reads them back."""
     text = on_edge(edge_lab, "cat /var/lib/prometheus/node-exporter/linkcert-domains.prom")
@@ -453,15 +234,6 @@ def test_renew_under_ansible_runner_hands_awx_the_summary(edge_lab, first_run, t
     stored = "".join(p.read_text(errors="replace") for p in artifacts.rglob("*") if p.is_file())
     for line in secrets_on_edge(edge_lab):
         assert line not in stored, "a private key line is in the runner's artifacts"
-
-
-def run_status(edge_lab: Dict[str, Any], tmp_path: Path, **extra: Any):
-    """status.yml into TMP_PATH; returns the run, the rows by domain and the page's text."""
-    out, page = tmp_path / "status.json", tmp_path / "status.html"
-    run = run_playbook("playbooks/status.yml", INVENTORY, extra_vars=dict({"linkcert_status_file": str(out), "linkcert_status_page": str(page)},
-                                                                          **extra), env=edge_lab["env"])
-    rows = {d["domain"]: d for d in json.loads(out.read_text())["edges"]["lab-edge"]} if out.exists() else {}
-    return run, rows, page.read_text() if page.exists() else ""
 
 
 def test_status_playbook_writes_every_domain_with_its_next_renewal(edge_lab, first_run, tmp_path):

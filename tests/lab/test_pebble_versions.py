@@ -133,6 +133,16 @@ def test_a_revoked_certificate_is_renewed_at_once_where_the_ca_says_so(pebble, t
     directory = messages.Directory.from_json(net.get(pebble.env()["LINKCERT_LAB_ACME_DIRECTORY"]).json())
     acme_client.ClientV2(directory, net).revoke(x509.load_pem_x509_certificate((live / "cert.pem").read_bytes()), 1)  # keyCompromise
 
+    if pebble.version == "2.6":
+        # The window asked when the certificate was issued is kept until the CA's Retry-After; once that has passed,
+        # the next run asks again and learns of the revocation.
+        kept = issue(pebble, tmp_path, domain)
+        assert (kept["action"], kept["reason"]) == ("none", "not_due"), kept
+        recorded_path = tmp_path / "state" / ("%s.json" % domain)
+        recorded = json.loads(recorded_path.read_text())
+        assert recorded["ari"]["retry_after"] > first["not_before"], recorded["ari"]
+        recorded["ari"]["retry_after"] = "2000-01-01T00:00:00Z"
+        recorded_path.write_text(json.dumps(recorded))
     after = issue(pebble, tmp_path, domain)
     if pebble.version == "2.6":
         assert (after["action"], after["reason"]) == ("renewed", "renewed"), after

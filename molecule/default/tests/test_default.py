@@ -1,11 +1,14 @@
-"""Testinfra checks of the converged edge: a real Debian 12 host with systemd as PID 1."""
+"""Testinfra checks of the converged edge: a real Debian 12 host (13 in the trixie scenario) with systemd as PID 1."""
 
 import json
+import os
 import posixpath
 import re
 import socket
 import ssl
+import subprocess
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import http_get, https_get, tls_refused, wait_until
@@ -21,6 +24,16 @@ def state(host, domain):
 def test_systemd_is_pid_1(host):
     assert host.file("/proc/1/comm").content_string.strip() == "systemd"
     assert host.run("systemctl is-system-running").stdout.strip() in ("running", "degraded")
+
+
+def test_nginx_accepts_the_written_configuration_without_a_warning(host):
+    """nginx -t says its two lines and nothing else: no deprecated ``listen ... http2`` on nginx >= 1.25.1 (trixie's
+    1.26), no duplicate or conflicting server name, no ignored directive."""
+    check = host.run("nginx -t")
+    assert check.rc == 0, check.stderr
+    lines = [line for line in check.stderr.splitlines() if line.strip()]
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "the configuration file /etc/nginx/nginx.conf syntax is ok", "configuration file /etc/nginx/nginx.conf test is successful"], lines
 
 
 def test_https_serves_the_issued_certificate_by_sni(host, edge_addr, pebble_root):
@@ -358,3 +371,31 @@ def _refused_quietly(addr, name):
         return tls_refused(addr, name)
     except AssertionError:
         return False
+
+
+# ------------------------------------------------------------------ Mozilla's intermediate TLS profile, as sslyze sees it
+
+SSLYZE = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")) / ".venv" / "sslyze" / "bin" / "sslyze"
+
+
+def _sslyze_findings(edge_addr, name, *extra):
+    """``sslyze --mozilla_config=intermediate`` against NAME on the edge (SNI NAME, connected to its address): the
+    findings it lists as ``* criterion: description``, and whether it said the server is compliant."""
+    assert SSLYZE.is_file(), "sslyze is not installed (scripts/bootstrap.sh makes .venv/sslyze)"
+    proc = subprocess.run([str(SSLYZE), "--mozilla_config=intermediate", *extra, "%s:443{%s}" % (name, edge_addr)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    report = re.split(r"compliance against tls configuration", proc.stdout, maxsplit=1, flags=re.I)
+    assert len(report) == 2 and "Checking results against Mozilla's \"intermediate\" configuration" in report[1], proc.stdout + proc.stderr
+    findings = dict(re.findall(r"^\s+\* (\w+): (.*)$", report[1], re.M))
+    compliant = "OK - Compliant." in report[1]
+    assert compliant == (proc.returncode == 0) and compliant == (not findings), proc.stdout
+    return findings, compliant
+
+
+def test_an_issued_domain_meets_mozillas_intermediate_profile(edge_addr, pebble_root):
+    # With the trust stores sslyze ships, the lab's root is unknown: that is the one finding allowed.
+    findings, _compliant = _sslyze_findings(edge_addr, "links.example.com")
+    assert set(findings) == {"certificate_path_validation"}, findings
+    # Trusting the lab's root as well, nothing is left.
+    findings, compliant = _sslyze_findings(edge_addr, "links.example.com", "--certinfo_ca_file=%s" % pebble_root)
+    assert compliant and not findings, findings

@@ -296,7 +296,11 @@ DECIDE = [
     ("expired-at-not-after", INFO, dict(now=NA, ari_offered=True), True, "expired", None, CID),
     ("expired-after", INFO, dict(now=NA + DAY, renew_before=5), True, "expired", None, None),
     ("expired-before-ari", INFO, dict(now=NA, ari_renew_at=NA + DAY), True, "expired", None, None),
-    ("just-before-expiry-ari-later", INFO, dict(now=NA - US, ari_renew_at=NA + DAY), False, "not_due", NA + DAY, None),
+    # A window past expiry (Pebble 2.6's for a short certificate) is not waited for: the lifetime rule decides.
+    ("just-before-expiry-ari-later", INFO, dict(now=NA - US, ari_renew_at=NA + DAY), True, "lifetime_threshold", NB + 60 * DAY, None),
+    ("ari-leaving-under-a-tenth", INFO, dict(now=NB + 70 * DAY, ari_renew_at=NB + 82 * DAY, ari_offered=True),
+     True, "lifetime_threshold", NB + 60 * DAY, CID),
+    ("ari-leaving-a-tenth", INFO, dict(now=NB + 70 * DAY, ari_renew_at=NB + 81 * DAY, ari_offered=True), False, "not_due", NB + 81 * DAY, None),
     ("not-yet-valid", INFO, dict(now=NB - ren.CLOCK_SKEW_TOLERANCE - US, ari_offered=True), False, "not_yet_valid", NB, None),
     # A host clock a little behind the CA's (notBefore within the tolerance ahead of it) is not a clock problem:
     # the certificate is decided on as if valid, with its real renewal instant (not notBefore).

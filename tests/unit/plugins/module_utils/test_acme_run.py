@@ -9,9 +9,11 @@ The directory is the recorded Let's Encrypt one; the CA object only hands out or
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -110,26 +112,56 @@ def test_ari_renewal_sends_replaces_and_falls_back_when_already_replaced(tmp_pat
     ca = ScriptedCA()
     first = make_runner(tmp_path, ca).process(SPEC)
     assert first["action"] == "issued" and ca.orders[-1] == {"names": ["links.customer.example"], "replaces": None, "profile": "tlsserver"}
+    assert ca.ari_calls == 1, "the new certificate's window is asked in the run that issued it"
 
     quiet = make_runner(tmp_path, ca).process(SPEC)
     assert quiet["action"] == "none" and quiet["reason"] == "not_due" and ca.ari_calls == 1
     again = make_runner(tmp_path, ca).process(SPEC)
     assert again["action"] == "none" and ca.ari_calls == 1, "the ARI answer is cached until its Retry-After"
-    assert again["renew_after"] == quiet["renew_after"]
+    assert again["renew_after"] == quiet["renew_after"] == first["renew_after"]
     renew_at = datetime.datetime.fromisoformat(quiet["renew_after"].replace("Z", "+00:00"))
     assert ca.window[0] <= renew_at < ca.window[1]
 
-    state_path = tmp_path / "state" / "links.customer.example.json"
-    state = json.loads(state_path.read_text())
-    state["ari"]["retry_after"] = renewal.iso(NOW - datetime.timedelta(minutes=1))
-    state_path.write_text(json.dumps(state))
+    ari_answer_expires(tmp_path, "links.customer.example")
     ca.window = (NOW - datetime.timedelta(days=2), NOW - datetime.timedelta(days=1))
     ca.already_replaced_once = True
     installed = renewal.cert_info((tmp_path / "live" / "links.customer.example" / "cert.pem").read_bytes())
     renewed = make_runner(tmp_path, ca).process(SPEC)
     assert renewed["action"] == "renewed" and renewed["reason"] == "renewed"
     assert [o["replaces"] for o in ca.orders[-2:]] == [installed.ari_cert_id, None]
-    assert ca.ari_calls == 2
+    assert ca.ari_calls == 3, "asked again once its answer expired, and for the renewed certificate"
+
+
+@pytest.mark.parametrize("window, reason", [
+    # Pebble 2.6's two days around two thirds of the lifetime, for a certificate of 90 days that would be fine; here the
+    # window is as long as the whole lifetime (NOW - 1 h .. NOW + 90 d): it says nothing about when.
+    ((NOW - datetime.timedelta(hours=2), NOW + datetime.timedelta(days=91)), "lifetime_threshold"),
+    # A revoked certificate's window: a second, an hour ago. Short, in the past: renew now.
+    ((NOW - datetime.timedelta(hours=1), NOW - datetime.timedelta(hours=1) + datetime.timedelta(seconds=1)), "ari_window"),
+])
+def test_a_window_as_long_as_the_lifetime_is_kept_but_the_lifetime_rule_decides(tmp_path, window, reason):
+    ca = ScriptedCA()
+    ca.window = window
+    first = make_runner(tmp_path, ca).process(SPEC)
+    recorded = json.loads((tmp_path / "state" / "links.customer.example.json").read_text())["ari"]
+    if reason == "lifetime_threshold":
+        assert recorded["renew_at"] is None and recorded["start"] == renewal.iso(window[0])
+        lifetime = datetime.timedelta(days=90, hours=1)  # the scripted CA's: NOW - 1 h .. NOW + 90 d
+        assert first["renew_after"] == renewal.iso(NOW + datetime.timedelta(days=90) - lifetime / 3), "a third of it left"
+        quiet = make_runner(tmp_path, ca).process(SPEC)
+        assert (quiet["action"], quiet["reason"], ca.ari_calls) == ("none", "not_due", 1), "kept until its Retry-After, not asked again"
+        assert "a third of its lifetime left" in quiet["message"]
+    else:
+        renewed = make_runner(tmp_path, ca).process(SPEC)
+        assert (renewed["action"], renewed["reason"]) == ("renewed", "renewed") and ca.orders[-1]["replaces"]
+
+
+def ari_answer_expires(tmp_path, domain):
+    """The CA's Retry-After for the cached ARI answer has passed: the next run asks again (and sees a new window)."""
+    state_path = tmp_path / "state" / ("%s.json" % domain)
+    state = json.loads(state_path.read_text())
+    state["ari"]["retry_after"] = renewal.iso(NOW - datetime.timedelta(minutes=1))
+    state_path.write_text(json.dumps(state))
 
 
 def test_check_mode_asks_nothing_and_writes_nothing(tmp_path):
@@ -237,6 +269,31 @@ def test_a_bad_server_check_is_named_before_anything(tmp_path, bad):
                "state_root": str(tmp_path / "s"), "server_check": bad}
     with pytest.raises(InputError, match="server_check must be a command as a non-empty list of arguments"):
         settings_from_options(options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def b64url(raw):
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("key, message", [
+    (b64url(b"k" * 31), "eab_hmac_key decodes to 31 bytes; an HS256 MAC key has at least 32 (RFC 7518 3.2)"),
+    (b64url(b"k" * 64)[:40], "eab_hmac_key decodes to 30 bytes"),  # a 64-byte key pasted half
+    ("abc+/def" * 6, "eab_hmac_key is not base64url text"),  # standard base64, not url-safe
+    (b64url(b"k" * 32) + "\n", None),  # a trailing newline is a paste's, not the key's
+    (b64url(b"k" * 32), None),
+    (b64url(b"k" * 32) + "=", None),
+    ("A" * 45, "eab_hmac_key is not base64url text"),  # a length no base64 text has
+])
+def test_an_eab_key_too_short_or_not_base64url_is_named_without_showing_it(tmp_path, key, message):
+    options = {"acme_directory": "https://ca.example/dir", "webroot": str(tmp_path / "w"), "cert_root": str(tmp_path / "c"),
+               "state_root": str(tmp_path / "s"), "eab_kid": "kid-1", "eab_hmac_key": key}
+    if message is None:
+        assert settings_from_options(options).eab == ("kid-1", key.strip())
+        return
+    with pytest.raises(InputError, match=re.escape(message)) as caught:
+        settings_from_options(options)
+    assert key.strip() not in str(caught.value) and caught.value.item == "eab_hmac_key"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -498,6 +555,8 @@ def test_an_ari_renewal_is_exempt_but_its_reorder_without_replaces_is_not(tmp_pa
     for n in range(2):
         make_runner(tmp_path, ca, ca_limits=TWO_PER_3H).process(spec("d%d.customer.example" % n))
     ca.window = (NOW - datetime.timedelta(days=2), NOW - datetime.timedelta(days=1))
+    for n in range(2):
+        ari_answer_expires(tmp_path, "d%d.customer.example" % n)
     renewed = make_runner(tmp_path, ca, ca_limits=TWO_PER_3H).process(spec("d0.customer.example"))
     assert renewed["action"] == "renewed" and ca.orders[-1]["replaces"], "the ledger is full, but replaces is exempt"
     refusing = ReplacesRefusingCA(conflict("alreadyReplaced"))
@@ -525,3 +584,17 @@ def test_a_429_past_the_run_blocks_what_it_refuses_for_the_next_orders(tmp_path)
     assert abs(run_module.parse_iso(blocked["retry_after"]) - run_module.parse_iso(refused["retry_after"])) < datetime.timedelta(seconds=2)
     other = make_runner(tmp_path, ScriptedCA()).process(spec("a.other.example"))
     assert other["action"] == "issued", "another registered domain is not blocked"
+
+
+def test_an_ari_renewal_is_not_counted_but_waits_out_a_429_of_its_names(tmp_path):
+    ca = ScriptedCA()
+    make_runner(tmp_path, ca).process(spec("a.customer.example"))
+    refused = make_runner(tmp_path, RateLimitedCA()).process(spec("b.customer.example"))
+    assert refused["reason"] == "acme_rate_limited"
+    ca.window = (NOW - datetime.timedelta(days=2), NOW - datetime.timedelta(days=1))  # ARI: renew a.customer.example now
+    ari_answer_expires(tmp_path, "a.customer.example")
+    orders = len(ca.orders)
+    waiting = make_runner(tmp_path, ca).process(spec("a.customer.example"))
+    assert len(ca.orders) == orders, "the CA refused customer.example until its Retry-After: no order, replaces or not"
+    assert (waiting["action"], waiting["ssl_status"], waiting["reason"]) == ("none", "issued", limits.QUEUED)
+    assert waiting["retry_after"] == refused["retry_after"]

@@ -97,6 +97,13 @@ def test_a_tls_server_names_every_name_of_its_certificate_and_proxies_to_the_ups
     assert "proxy_set_header X-Forwarded-Proto https;" in conf
     assert "listen 8443 ssl http2;" in conf and "[::]" not in conf
     assert rendered.names_map.decode().splitlines()[-2:] == ["links.customer.com 1;", "click.customer.com 1;"]
+    # Mozilla's intermediate profile (sslyze checks it on the test host): its protocols and curves, no server cipher order,
+    # in the customer's server and in the default server (where OpenSSL takes the curves from, before SNI).
+    default, customer = conf.split("server {")[1:]
+    assert "ssl_reject_handshake on;" in default
+    for line in ("ssl_protocols TLSv1.2 TLSv1.3;", "ssl_ecdh_curve X25519:prime256v1:secp384r1;", "ssl_prefer_server_ciphers off;"):
+        assert (default.count(line), customer.count(line)) == (1, 1), line
+    assert "ssl_stapling" not in conf, "Let's Encrypt ended OCSP in 2025"
 
 
 def test_without_an_upstream_the_edge_answers_itself() -> None:
