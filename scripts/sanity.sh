@@ -21,7 +21,7 @@ mkdir -p "$DEST"
 # Tracked and new files as they are in the work tree (a file deleted but not yet committed is skipped).
 git ls-files -z --cached --others --exclude-standard |
   while IFS= read -r -d '' file; do [ -e "$file" ] && printf '%s\0' "$file"; done |
-  xargs -0 cp -P --parents -t "$DEST"   # -P: a symlink (a scenario sharing group_vars) stays one
+  xargs -0 cp --parents -t "$DEST"
 cd "$DEST"
 git init -q . && git add -A >/dev/null   # ansible-test lists the collection's files through git
 export PATH=$OLDPWD/$VENV/bin:$PATH

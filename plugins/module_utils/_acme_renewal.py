@@ -353,6 +353,13 @@ def _renew_before_days(renew_before: t.Union[str, int]) -> t.Optional[int]:
 ARI_LEAST_LEFT = 0.1
 
 
+def window_says_when(window: AriWindow, info: CertInfo, now: datetime.datetime) -> bool:
+    """Whether an ARI window tells when to renew this certificate. One as long as its whole lifetime does not (Pebble
+    2.6's two days around two thirds of a one-minute certificate's life); a short window in the past (a revoked
+    certificate) does: renew now."""
+    return not (window.end > _utc(now) and window.end - window.start >= info.not_after - info.not_before)
+
+
 def decide(info: t.Optional[CertInfo], wanted_names: t.Sequence[str], wanted_key_type: str, now: datetime.datetime,
            renew_before: t.Union[str, int], force: bool = False, ari_renew_at: t.Optional[datetime.datetime] = None,
            ari_offered: bool = False) -> Decision:

@@ -18,6 +18,7 @@ touches the installed pair.
 from __future__ import annotations
 
 import base64
+import binascii
 import copy
 import datetime
 import os
@@ -110,10 +111,14 @@ def _check_eab_key(key: str) -> str:
     """The EAB MAC key as the CA gave it: base64url of at least 32 bytes (a key cut short by a paste is the usual cause).
     The message names the option and the decoded length, never the key."""
     text = key.strip()
-    if not _BASE64URL.match(text) or len(text.rstrip("=")) % 4 == 1:
+    body = text.rstrip("=")
+    try:
+        if not _BASE64URL.match(text):
+            raise binascii.Error("not base64url")
+        size = len(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except binascii.Error as error:  # an alphabet or a length no base64url text has
         raise InputError("eab_hmac_key is not base64url text (A-Z, a-z, 0-9, '-' and '_'): copy the MAC key exactly as the CA "
-                         "shows it", item="eab_hmac_key")
-    size = len(base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4)))
+                         "shows it", item="eab_hmac_key") from error
     if size < EAB_KEY_MIN_BYTES:
         raise InputError("eab_hmac_key decodes to %d bytes; an HS256 MAC key has at least %d (RFC 7518 3.2), so it was probably "
                          "cut short: copy the whole key the CA gave" % (size, EAB_KEY_MIN_BYTES), item="eab_hmac_key")
@@ -154,7 +159,7 @@ def settings_from_options(p: t.Mapping[str, t.Any], check_mode: bool = False) ->
         directory_url=p["acme_directory"], ca_bundle=p.get("acme_ca_bundle") or None,
         account_key=p.get("account_key") or os.path.join(p["state_root"], "account.key"),
         email=p.get("account_email") or None, terms_agreed=bool(p.get("terms_agreed")),
-        eab=(p["eab_kid"], eab_key) if p.get("eab_kid") and eab_key else None,
+        eab=(p["eab_kid"], eab_key) if eab_key else None,
         webroot=p["webroot"], cert_root=p["cert_root"], state_root=p["state_root"],
         key_type=p.get("key_type") or "ec256", reuse_key=bool(p.get("reuse_key")), renew_before=renew_before,
         profile=p.get("profile") or None, self_check=bool(p.get("self_check", True)), challenge_port=port,
@@ -445,11 +450,8 @@ class Runner:
         window = renewal.parse_ari(answer[0], answer[1], now)
         if window is None:
             return None
-        # A window as long as the certificate's whole lifetime says nothing about when (Pebble 2.6 suggests two days
-        # around two thirds of any lifetime, a one-minute certificate's too): it is kept, but the lifetime rule decides.
-        # A window in the past (a revoked certificate) is short, and is followed: renew now.
-        uninformative = window.end > now and window.end - window.start >= info.not_after - info.not_before
-        renew_at = None if uninformative else renewal.pick_in_window(window, self._rng)
+        # Kept either way; a window that says nothing about when is not followed (the lifetime rule decides).
+        renew_at = renewal.pick_in_window(window, self._rng) if renewal.window_says_when(window, info, now) else None
         state["ari"] = {"cert_id": info.ari_cert_id, "start": iso(window.start), "end": iso(window.end),
                         "renew_at": iso(renew_at) if renew_at else None, "retry_after": iso(window.retry_after),
                         "explanation_url": window.explanation_url}
@@ -491,7 +493,7 @@ class Runner:
             issued = True
         except AcmeFailure as exc:
             if exc.code == RATE_LIMITED and exc.retry_at:  # a 429 past this run: nothing of what it refuses is ordered before its end
-                self._pacing(self.pacer.rate_limited, account, spec.names, getattr(exc, "detail", "") or exc.msg,
+                self._pacing(self.pacer.rate_limited, account, spec.names, exc.detail or exc.msg,
                              datetime.datetime.fromtimestamp(exc.retry_at, datetime.timezone.utc), utcnow())
             raise
         finally:  # a reservation becomes a certificate, or is dropped (the order still counts)

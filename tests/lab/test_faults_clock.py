@@ -147,9 +147,12 @@ def ca_requests_other_than_ari(env: SimpleNamespace) -> List[Any]:
     """What reached the CA besides asking for a renewal window: the renewalInfo GET and the directory read before it
     (where the CA offers ARI: Debian 13's Pebble 2.6, the lab's own on a trixie machine)."""
     prefix = ari_prefix(env)
-    if not prefix:
-        return list(env.proxy.forwarded())
-    return [entry for entry in env.proxy.forwarded() if not (entry[1].startswith(prefix) or (entry[0], entry[1]) == ("GET", "/dir"))]
+    forwarded = list(env.proxy.forwarded())
+    asked = [entry for entry in forwarded if prefix and entry[1].startswith(prefix)]
+    others = [entry for entry in forwarded if entry not in asked]
+    if asked and others and tuple(others[0][:2]) == ("GET", "/dir"):
+        others = others[1:]  # the one directory read that a renewalInfo request needs
+    return others
 
 
 def route(env: SimpleNamespace, domain: str) -> None:

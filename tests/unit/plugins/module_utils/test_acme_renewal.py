@@ -571,3 +571,20 @@ def test_check_profile_rejects(features: t.Dict[str, t.Any], profile: str, reaso
     assert repr(profile) in err.value.msg
     if reason == "profile_unknown":
         assert "classic, shortlived, tlsserver" in err.value.msg
+
+
+MINUTE_CERT = info_for(60 / 86400)  # NB .. NB + 60 s, as the lab's short certificates
+# (id, certificate, window start, window end, now, says when)
+WINDOW_SAYS = [
+    ("pebble-26-minute-cert", MINUTE_CERT, NB + 40 * datetime.timedelta(seconds=1) - DAY, NB + 40 * datetime.timedelta(seconds=1) + DAY,
+     NB + datetime.timedelta(seconds=5), False),
+    ("as-long-as-the-lifetime", INFO, NB, NA, NB + DAY, False),
+    ("two-days-of-ninety", INFO, NB + 59 * DAY, NB + 61 * DAY, NB + DAY, True),
+    ("revoked-an-hour-ago", MINUTE_CERT, NB - HOUR, NB - HOUR + datetime.timedelta(seconds=1), NB + datetime.timedelta(seconds=5), True),
+    ("wide-but-over", INFO, NB - DAY, NA + DAY, NA + 2 * DAY, True),  # in the past: renew now
+]
+
+
+@pytest.mark.parametrize("info, start, end, now, says", [row[1:] for row in WINDOW_SAYS], ids=[row[0] for row in WINDOW_SAYS])
+def test_a_window_says_when_unless_it_spans_the_whole_lifetime(info, start, end, now, says):
+    assert ren.window_says_when(ren.AriWindow(start, end, None, now + HOUR), info, now) is says
