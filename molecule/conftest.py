@@ -120,6 +120,30 @@ def wait_until(check, timeout, what, interval=1.0):
         time.sleep(interval)
 
 
+def nginx_settled(host, timeout=60):
+    """Until a reload has settled on HOST: no nginx worker of an earlier generation left (none says "shutting down",
+    and the same workers two looks a second apart). Before that, an old worker may still take a connection and answer
+    it from the old configuration: a redirect seen gone can answer once more."""
+    look = "ps -o pid=,args= -C nginx | grep 'worker process' | sort -n"
+    deadline, previous = time.monotonic() + timeout, None
+    while True:
+        seen = host.run(look).stdout
+        if "shutting down" not in seen and seen == previous:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail("nginx did not settle within %d s (workers of an earlier reload left):\n%s" % (timeout, seen))
+        previous = seen
+        time.sleep(1)
+
+
+def wait_served(host, check, timeout, what):
+    """``wait_until(check)``, then until nginx has settled, then ``check`` once more: what the configuration in force
+    answers, not the last answer of a worker on its way out."""
+    wait_until(check, timeout, what)
+    nginx_settled(host)
+    assert check(), "%s: seen, then not once nginx had settled" % what
+
+
 @pytest.fixture(scope="module")
 def lab_dns(lab):
     """The scenario's lab DNS, to change a customer's records in the middle of a test."""

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import http_get, https_get, tls_refused, wait_until
+from conftest import http_get, https_get, tls_refused, wait_served, wait_until
 
 STATE = "/var/lib/linkcert/state"
 LIVE = "/etc/linkcert/live"
@@ -316,7 +316,7 @@ def test_a_domain_fixed_after_onboarding_is_issued_and_served_by_the_watcher_alo
     wait_until(lambda: state(host, WRONG_CNAME).get("ssl_status") == "issued", 120, "%s issued by the watcher" % WRONG_CNAME)
     recorded = state(host, WRONG_CNAME)
     assert recorded.get("watch") is None and recorded["action"] == "issued"
-    wait_until(lambda: http_get(edge_addr, WRONG_CNAME, LINK)[0] == 301, SERVE_TIMEOUT, "the redirect for %s" % WRONG_CNAME)
+    wait_served(host, lambda: http_get(edge_addr, WRONG_CNAME, LINK)[0] == 301, SERVE_TIMEOUT, "the redirect for %s" % WRONG_CNAME)
     assert http_get(edge_addr, WRONG_CNAME, LINK)[1] == "https://%s%s" % (WRONG_CNAME, LINK)
     cert, status, echoed = https_get(edge_addr, WRONG_CNAME, pebble_root, LINK)
     assert int(cert["serialNumber"], 16) == int(recorded["serial"], 16)
@@ -339,7 +339,7 @@ def test_a_held_certificate_keeps_https_but_loses_its_redirect(host, edge_addr, 
         recorded = state(host, ISSUED)
         assert (recorded["ssl_status"], recorded["reason"], recorded["serial"]) == ("pending", "dns_drift", serial), recorded
         assert "nginx reloaded" in held.stdout
-        wait_until(lambda: http_get(edge_addr, ISSUED, LINK)[0] == 200, SERVE_TIMEOUT, "the redirect for %s gone" % ISSUED)
+        wait_served(host, lambda: http_get(edge_addr, ISSUED, LINK)[0] == 200, SERVE_TIMEOUT, "the redirect for %s gone" % ISSUED)
         assert_reaches_upstream(http_get(edge_addr, ISSUED, LINK), ISSUED, "http")
         cert, _status, _echoed = https_get(edge_addr, ISSUED, pebble_root, LINK)
         assert int(cert["serialNumber"], 16) == int(serial, 16)
@@ -348,7 +348,7 @@ def test_a_held_certificate_keeps_https_but_loses_its_redirect(host, edge_addr, 
     back = host.run("linkcert-renew --domain %s", ISSUED)
     assert back.rc == 0, back.stdout + back.stderr
     assert state(host, ISSUED)["ssl_status"] == "issued" and state(host, ISSUED).get("watch") is None
-    wait_until(lambda: http_get(edge_addr, ISSUED, LINK)[0] == 301, SERVE_TIMEOUT, "the redirect for %s back" % ISSUED)
+    wait_served(host, lambda: http_get(edge_addr, ISSUED, LINK)[0] == 301, SERVE_TIMEOUT, "the redirect for %s back" % ISSUED)
     assert http_get(edge_addr, ISSUED, LINK)[:2] == (301, "https://%s%s" % (ISSUED, LINK))
 
 

@@ -9,7 +9,7 @@ import json
 import re
 
 import pytest
-from conftest import EPHEMERAL, http_get, https_get, tls_refused, wait_until
+from conftest import EPHEMERAL, http_get, https_get, tls_refused, wait_served, wait_until
 
 STATE = "/var/lib/linkcert/state"
 ISSUER, OTHER = "linkcert-fleet-1", "linkcert-fleet-2"
@@ -57,7 +57,7 @@ def test_a_domain_fixed_after_onboarding_is_served_on_every_node_by_the_timer_al
     serials = {name: int(state(node, LATE)["serial"], 16) for name, node in nodes.items()}
     assert len(set(serials.values())) == 1, serials
     for node, addr in edge_addrs.items():
-        wait_until(lambda: http_get(addr, LATE, LINK)[0] == 301, SERVE_TIMEOUT, "the redirect for %s on %s" % (LATE, node))
+        wait_served(nodes[node], lambda: http_get(addr, LATE, LINK)[0] == 301, SERVE_TIMEOUT, "the redirect for %s on %s" % (LATE, node))
         cert, status, echoed = https_get(addr, LATE, pebble_root, LINK)
         assert int(cert["serialNumber"], 16) == serials[node] and lands((status, None, echoed), LATE, "https"), node
     journal = issuer.run("journalctl -u linkcert-watch.service --no-pager -o cat").stdout
@@ -82,14 +82,15 @@ def test_a_hold_reaches_every_node_in_the_same_run(nodes, edge_addrs, pebble_roo
         for name, node in nodes.items():
             assert (state(node, domain)["reason"], state(node, domain)["ssl_status"]) == ("dns_drift", "pending"), name
         for name, addr in edge_addrs.items():
-            wait_until(lambda: lands(http_get(addr, domain, LINK), domain, "http"), SERVE_TIMEOUT, "no redirect for %s on %s" % (domain, name))
+            wait_served(nodes[name], lambda: lands(http_get(addr, domain, LINK), domain, "http"), SERVE_TIMEOUT,
+                        "no redirect for %s on %s" % (domain, name))
             assert int(https_get(addr, domain, pebble_root, LINK)[0]["serialNumber"], 16) == serial, name
     finally:
         lab_dns.dns_set("cname", domain, "edge-all.linkcert.example")
     back = issuer.run("linkcert-renew --domain %s", domain)
     assert back.rc == 0, back.stdout + back.stderr
     for name, addr in edge_addrs.items():
-        wait_until(lambda: http_get(addr, domain, LINK)[0] == 301, SERVE_TIMEOUT, "the redirect for %s back on %s" % (domain, name))
+        wait_served(nodes[name], lambda: http_get(addr, domain, LINK)[0] == 301, SERVE_TIMEOUT, "the redirect for %s back on %s" % (domain, name))
 
 
 def test_support_is_told_to_verify_on_the_issuer(nodes):
